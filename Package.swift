@@ -1,0 +1,56 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let package = Package(
+    name: "Ward",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "ward", targets: ["ward"])
+    ],
+    dependencies: [
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "COpenSSL",
+            pkgConfig: "openssl",
+            providers: [.apt(["libssl-dev"])]
+        ),
+        .systemLibrary(
+            name: "CLibevent",
+            pkgConfig: "libevent_core",
+            providers: [.apt(["libevent-dev"])]
+        ),
+        .target(name: "CWardShims", dependencies: ["COpenSSL"]),
+        .target(name: "WardIdentity"),
+        .target(name: "WardPolicy", dependencies: ["WardIdentity"]),
+        .target(
+            name: "WardConfig",
+            dependencies: ["WardIdentity", "WardPolicy", .product(name: "Yams", package: "Yams")]
+        ),
+        .target(name: "WardTLS", dependencies: ["WardIdentity", "COpenSSL", "CWardShims"]),
+        .target(
+            name: "WardCore",
+            dependencies: [
+                "WardIdentity", "WardPolicy", "WardConfig", "WardTLS", "COpenSSL", "CLibevent",
+                "CWardShims", .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "ward",
+            dependencies: [
+                "WardCore", "WardConfig", "WardTLS",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(name: "WardIdentityTests", dependencies: ["WardIdentity"]),
+        .testTarget(name: "WardPolicyTests", dependencies: ["WardPolicy", "WardIdentity"]),
+        .testTarget(
+            name: "WardConfigTests",
+            dependencies: ["WardConfig", "WardPolicy", "WardTLS", "WardCore"]
+        ),
+    ]
+)

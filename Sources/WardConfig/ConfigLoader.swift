@@ -1,0 +1,156 @@
+import Foundation
+import WardIdentity
+import WardPolicy
+import Yams
+
+/// Loads `ward.yaml` and the rules file it names into a validated `WardConfiguration`.
+///
+/// Reads files: never call it on an event loop.
+public enum ConfigLoader {
+    public static func load(path: String) -> Result<WardConfiguration, ConfigProblems> {
+        var problems: [ConfigProblem] = []
+        let config = load(path: path, problems: &problems)
+        if let config, problems.isEmpty { return .success(config) }
+        return .failure(ConfigProblems(problems))
+    }
+
+    private static func load(path: String, problems: inout [ConfigProblem]) -> WardConfiguration? {
+        guard let document = YAMLDocument.load(path: path, displayPath: path, problems: &problems),
+            var top = YAMLMapping(document.root, file: path, what: "config", problems: &problems)
+        else { return nil }
+        let folder = (path as NSString).deletingLastPathComponent
+        func file(_ node: Node?, _ what: String) -> ConfigFile? {
+            guard let node, let text = node.string(what, file: path, problems: &problems) else { return nil }
+            let resolved = text.hasPrefix("/") || folder.isEmpty ? text : folder + "/" + text
+            return ConfigFile(path: resolved, line: node.line)
+        }
+
+        var identityCert: ConfigFile?
+        var identityKey: ConfigFile?
+        if let node = top.require("identity", in: "config", problems: &problems),
+            var identity = YAMLMapping(node, file: path, what: "identity", problems: &problems)
+        {
+            identityCert = file(identity.require("cert", in: "identity", problems: &problems), "identity.cert")
+            identityKey = file(identity.require("key", in: "identity", problems: &problems), "identity.key")
+            identity.finish(in: "identity", problems: &problems)
+        }
+
+        var trustDomains: [(domain: TrustDomain, bundle: ConfigFile)] = []
+        if let node = top.require("trust_domains", in: "config", problems: &problems),
+            let domains = YAMLMapping(node, file: path, what: "trust_domains", problems: &problems)
+        {
+            for entry in domains.keys {
+                do {
+                    let domain = try TrustDomain(parsing: entry.key)
+                    if let bundle = file(entry.value, "bundle of \(entry.key)") {
+                        trustDomains.append((domain, bundle))
+                    }
+                } catch {
+                    problems.append(
+                        ConfigProblem(
+                            file: path, line: entry.keyLine, message: "invalid trust domain '\(entry.key)': \(error)"))
+                }
+            }
+            if domains.keys.isEmpty {
+                problems.append(
+                    ConfigProblem(file: path, line: node.line, message: "trust_domains must name at least one trust domain"))
+            }
+        }
+        trustDomains.sort { $0.domain < $1.domain }
+
+        let listeners = top.require("listeners", in: "config", problems: &problems).flatMap {
+            readListeners($0, file: path, problems: &problems)
+        }
+        let rulesFile = file(top.require("rules", in: "config", problems: &problems), "rules")
+
+        var logPath = "-"
+        if let node = top.take("log"), let text = node.string("log", file: path, problems: &problems) {
+            logPath = text == "-" || text.hasPrefix("/") || folder.isEmpty ? text : folder + "/" + text
+        }
+
+        var workers: Int?
+        if let node = top.take("workers") {
+            if case .scalar(let scalar) = node, scalar.string == "auto" {
+                workers = nil
+            } else if case .scalar(let scalar) = node, let count = Int(scalar.string), (1...256).contains(count) {
+                workers = count
+            } else {
+                problems.append(
+                    ConfigProblem(file: path, line: node.line, message: "workers must be 'auto' or a number from 1 to 256"))
+            }
+        }
+
+        func duration(_ key: String, default value: Duration) -> Duration {
+            guard let node = top.take(key) else { return value }
+            if case .scalar(let scalar) = node, let parsed = DurationParser.parse(scalar.string) { return parsed }
+            problems.append(
+                ConfigProblem(
+                    file: path, line: node.line, message: "\(key) must be a duration such as 500ms, 10s, 5m or 1h"))
+            return value
+        }
+        let handshakeTimeout = duration("handshake_timeout", default: WardConfiguration.defaultHandshakeTimeout)
+        let idleTimeout = duration("idle_timeout", default: WardConfiguration.defaultIdleTimeout)
+        let maxLifetime = duration("max_svid_lifetime", default: WardConfiguration.defaultMaxSVIDLifetime)
+        top.finish(in: "config", problems: &problems)
+
+        var rules: RuleSource?
+        if let rulesFile, let listeners {
+            rules = RulesLoader.load(
+                path: rulesFile.path, listeners: Set(listeners.map(\.name)),
+                trustDomains: Set(trustDomains.map(\.domain)), problems: &problems)
+        }
+
+        guard let identityCert, let identityKey, let listeners, let rulesFile, let rules else { return nil }
+        return WardConfiguration(
+            configPath: path, identityCert: identityCert, identityKey: identityKey,
+            trustDomains: trustDomains, listeners: listeners, rulesFile: rulesFile, rules: rules,
+            logPath: logPath, workers: workers, handshakeTimeout: handshakeTimeout,
+            idleTimeout: idleTimeout, maxSVIDLifetime: maxLifetime)
+    }
+
+    private static func readListeners(_ node: Node, file: String, problems: inout [ConfigProblem])
+        -> [ListenerConfig]?
+    {
+        guard case .sequence(let sequence) = node, !sequence.isEmpty else {
+            problems.append(ConfigProblem(file: file, line: node.line, message: "listeners must be a non-empty list"))
+            return nil
+        }
+        var listeners: [ListenerConfig] = []
+        var lines: [String: Int] = [:]
+        for item in sequence {
+            guard var map = YAMLMapping(item, file: file, what: "a listener", problems: &problems) else { continue }
+            let nameNode = map.require("name", in: "listener", problems: &problems)
+            let name = nameNode?.string("listener name", file: file, problems: &problems)
+            func address(_ key: String) -> HostPort? {
+                guard let node = map.require(key, in: "listener", problems: &problems),
+                    let text = node.string(key, file: file, problems: &problems)
+                else { return nil }
+                guard let parsed = HostPort(parsing: text) else {
+                    problems.append(
+                        ConfigProblem(
+                            file: file, line: node.line,
+                            message: "\(key) '\(text)' must be HOST:PORT (IPv6 as [ADDR]:PORT, port 1-65535)"))
+                    return nil
+                }
+                return parsed
+            }
+            let listen = address("listen")
+            let upstream = address("upstream")
+            map.finish(in: "listener", problems: &problems)
+            guard let name, let listen, let upstream else { continue }
+            if name == "*" {
+                problems.append(ConfigProblem(file: file, line: nameNode?.line, message: "listener name '*' is reserved"))
+                continue
+            }
+            if let first = lines[name] {
+                problems.append(
+                    ConfigProblem(
+                        file: file, line: nameNode?.line, message: "duplicate listener name '\(name)' (first at line \(first))"))
+                continue
+            }
+            lines[name] = nameNode?.line ?? 0
+            listeners.append(ListenerConfig(name: name, listen: listen, upstream: upstream))
+        }
+        return listeners
+    }
+}

@@ -1,0 +1,73 @@
+import WardIdentity
+import WardPolicy
+
+/// A host and port as written in the config (`127.0.0.1:8443`, `[::1]:8443`, `localhost:80`).
+public struct HostPort: Sendable, Equatable, CustomStringConvertible {
+    public var host: String
+    public var port: UInt16
+
+    public init(host: String, port: UInt16) {
+        self.host = host
+        self.port = port
+    }
+
+    /// Parses `host:port`; an IPv6 host is written in brackets.
+    public init?(parsing text: String) {
+        let hostPart: Substring
+        let portPart: Substring
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]"),
+                text[text.index(after: close)...].hasPrefix(":")
+            else { return nil }
+            hostPart = text[text.index(after: text.startIndex)..<close]
+            portPart = text[text.index(close, offsetBy: 2)...]
+        } else {
+            guard let colon = text.lastIndex(of: ":"), !text[..<colon].contains(":") else { return nil }
+            hostPart = text[..<colon]
+            portPart = text[text.index(after: colon)...]
+        }
+        guard !hostPart.isEmpty, let port = UInt16(portPart), port != 0 else { return nil }
+        self.host = String(hostPart)
+        self.port = port
+    }
+
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+}
+
+public struct ListenerConfig: Sendable, Equatable {
+    public var name: String
+    public var listen: HostPort
+    public var upstream: HostPort
+}
+
+/// A file the config points at, with the path to open and the path to name in problems.
+public struct ConfigFile: Sendable, Equatable {
+    /// Resolved against the config file's folder.
+    public var path: String
+    /// Line of the config that names the file, for problems about it.
+    public var line: Int?
+}
+
+/// The whole validated configuration, rules included. Certificates are named, not yet loaded:
+/// the TLS layer loads them (see `SnapshotBuilder`).
+public struct WardConfiguration: Sendable {
+    public var configPath: String
+    public var identityCert: ConfigFile
+    public var identityKey: ConfigFile
+    /// Sorted by trust domain name.
+    public var trustDomains: [(domain: TrustDomain, bundle: ConfigFile)]
+    public var listeners: [ListenerConfig]
+    public var rulesFile: ConfigFile
+    public var rules: RuleSource
+    /// `-` means standard output.
+    public var logPath: String
+    /// nil means one per core.
+    public var workers: Int?
+    public var handshakeTimeout: Duration
+    public var idleTimeout: Duration
+    public var maxSVIDLifetime: Duration
+
+    public static let defaultHandshakeTimeout = Duration.seconds(10)
+    public static let defaultIdleTimeout = Duration.seconds(3600)
+    public static let defaultMaxSVIDLifetime = Duration.seconds(24 * 3600)
+}

@@ -1,0 +1,152 @@
+import Foundation
+import Yams
+
+/// A YAML file read into nodes that remember their line, with helpers that report problems
+/// against that line and reject keys nobody asked for.
+struct YAMLDocument {
+    let file: String
+    let root: Node?
+
+    /// Reads and parses `path`; `displayPath` is what problems name.
+    static func load(path: String, displayPath: String, problems: inout [ConfigProblem])
+        -> YAMLDocument?
+    {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            problems.append(
+                ConfigProblem(file: displayPath, line: nil, message: "cannot read: \(describe(error))"))
+            return nil
+        }
+        do {
+            return YAMLDocument(file: displayPath, root: try Yams.compose(yaml: text))
+        } catch let error as YamlError {
+            problems.append(yamlProblem(error, file: displayPath))
+        } catch {
+            problems.append(ConfigProblem(file: displayPath, line: nil, message: "\(error)"))
+        }
+        return nil
+    }
+
+    private static func yamlProblem(_ error: YamlError, file: String) -> ConfigProblem {
+        switch error {
+        case .scanner(let context, let problem, let mark, _),
+            .parser(let context, let problem, let mark, _),
+            .composer(let context, let problem, let mark, _):
+            let detail = context.map { "\(problem) \($0.text)" } ?? problem
+            return ConfigProblem(file: file, line: mark.line, message: "invalid YAML: \(detail)")
+        case .duplicatedKeysInMapping(let duplicates, let context):
+            return ConfigProblem(
+                file: file, line: context.mark.line,
+                message: "duplicate key \(duplicates.joined(separator: ", "))")
+        default:
+            return ConfigProblem(file: file, line: nil, message: "invalid YAML: \(error)")
+        }
+    }
+
+    private static func describe(_ error: Error) -> String {
+        let nsError = error as NSError
+        if let underlying = nsError.userInfo[NSUnderlyingErrorKey] as? NSError,
+            underlying.domain == NSPOSIXErrorDomain,
+            let code = POSIXErrorCode(rawValue: Int32(underlying.code))
+        {
+            return String(cString: strerror(code.rawValue))
+        }
+        if nsError.domain == NSCocoaErrorDomain {
+            switch nsError.code {
+            case NSFileReadNoSuchFileError: return "No such file or directory"
+            case NSFileReadNoPermissionError: return "Permission denied"
+            default: break
+            }
+        }
+        return nsError.localizedDescription
+    }
+}
+
+/// A mapping being read: each key taken is remembered, and `finish` reports the rest as unknown.
+struct YAMLMapping {
+    let file: String
+    let line: Int?
+    private var entries: [(key: String, keyLine: Int?, value: Node)] = []
+    private var taken: Set<String> = []
+
+    init?(_ node: Node?, file: String, what: String, problems: inout [ConfigProblem]) {
+        self.file = file
+        self.line = node?.mark?.line
+        guard let node, case .mapping(let mapping) = node else {
+            problems.append(
+                ConfigProblem(file: file, line: node?.mark?.line ?? 1, message: "\(what) must be a mapping"))
+            return nil
+        }
+        for (key, value) in mapping {
+            guard case .scalar(let scalar) = key else {
+                problems.append(
+                    ConfigProblem(file: file, line: key.mark?.line, message: "keys must be plain strings"))
+                continue
+            }
+            entries.append((scalar.string, key.mark?.line, value))
+        }
+    }
+
+    var keys: [(key: String, keyLine: Int?, value: Node)] { entries }
+
+    mutating func take(_ key: String) -> Node? {
+        taken.insert(key)
+        return entries.first { $0.key == key }?.value
+    }
+
+    mutating func require(_ key: String, in what: String, problems: inout [ConfigProblem]) -> Node? {
+        if let node = take(key) { return node }
+        problems.append(ConfigProblem(file: file, line: line, message: "\(what) is missing required key '\(key)'"))
+        return nil
+    }
+
+    /// Reports every key that was never taken; `allowed` lists the valid ones for the message.
+    func finish(in what: String, problems: inout [ConfigProblem]) {
+        for entry in entries where !taken.contains(entry.key) {
+            let valid = taken.sorted().joined(separator: ", ")
+            problems.append(
+                ConfigProblem(
+                    file: file, line: entry.keyLine,
+                    message: "unknown key '\(entry.key)' in \(what) (valid: \(valid))"))
+        }
+    }
+}
+
+extension Node {
+    var line: Int? { mark?.line }
+
+    /// The node as a string scalar, or a problem naming `what`.
+    func string(_ what: String, file: String, problems: inout [ConfigProblem]) -> String? {
+        if case .scalar(let scalar) = self, !scalar.string.isEmpty || scalar.style != .plain {
+            return scalar.string
+        }
+        problems.append(ConfigProblem(file: file, line: line, message: "\(what) must be a string"))
+        return nil
+    }
+
+    /// A sequence of strings; a single scalar is accepted as a one-element list.
+    func stringList(_ what: String, file: String, problems: inout [ConfigProblem])
+        -> [(String, Int?)]?
+    {
+        switch self {
+        case .scalar(let scalar):
+            return [(scalar.string, line)]
+        case .sequence(let sequence):
+            var items: [(String, Int?)] = []
+            for item in sequence {
+                guard case .scalar(let scalar) = item else {
+                    problems.append(
+                        ConfigProblem(file: file, line: item.line, message: "\(what) entries must be strings"))
+                    continue
+                }
+                items.append((scalar.string, item.line))
+            }
+            return items
+        default:
+            problems.append(ConfigProblem(file: file, line: line, message: "\(what) must be a list of strings"))
+            return nil
+        }
+    }
+}

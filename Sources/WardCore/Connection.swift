@@ -1,0 +1,418 @@
+internal import CLibevent
+internal import COpenSSL
+import Glibc
+import WardIdentity
+import WardPolicy
+import WardTLS
+
+/// Why an allowed connection ended; the `close_cause` log field.
+enum CloseCause: String {
+    case client
+    case upstream
+    case idleTimeout = "idle_timeout"
+    case shutdown
+    case error
+}
+
+/// One client connection from accept to close: TLS handshake with SVID verification, the rule
+/// decision, the upstream connect, then forwarding in both directions.
+///
+/// Runs on its worker's thread only. Owned by `Worker.connections`; C callbacks carry an
+/// unretained pointer, valid because every callback source (bufferevents, timer) is freed in
+/// `close` before the worker drops its reference.
+final class Connection {
+    enum State {
+        case handshaking
+        case connectingUpstream
+        case forwarding
+        case closed
+    }
+
+    /// Past this many bytes queued towards one side, stop reading from the other (backpressure).
+    static let highWatermark = 256 * 1024
+    /// Resume reading once the queue drains below this.
+    static let lowWatermark = 64 * 1024
+
+    let id: UInt64
+    unowned let worker: Worker
+    let listenerIndex: Int
+    let peerAddress: String
+    let check = PeerCheck()
+    private(set) var state = State.handshaking
+    private var client: OpaquePointer?
+    private var upstream: OpaquePointer?
+    private var timer: OpaquePointer?
+    private var decision: Decision?
+    private var tlsVersion: String?
+    private var cipher: String?
+    private let acceptedAt: Int64
+    private var lastActivity: Int64
+    private var bytesIn: Int64 = 0
+    private var bytesOut: Int64 = 0
+    private var clientDone = false
+    private var upstreamDone = false
+    /// Who closed first; decides `close_cause` when the other side follows.
+    private var firstCloser: CloseCause?
+    private var closeReason: ReasonCode?
+    private var closeDetail: String?
+
+    init(id: UInt64, worker: Worker, listenerIndex: Int, peerAddress: String) {
+        self.id = id
+        self.worker = worker
+        self.listenerIndex = listenerIndex
+        self.peerAddress = peerAddress
+        self.acceptedAt = worker.nowMilliseconds
+        self.lastActivity = acceptedAt
+    }
+
+    private var context: UnsafeMutableRawPointer { Unmanaged.passUnretained(self).toOpaque() }
+    private var listenerName: String { worker.snapshot.listeners[listenerIndex].name }
+
+    func start(fd: Int32) {
+        guard let ssl = worker.tls.makeSession(check: check),
+            let bev = bufferevent_openssl_socket_new(
+                worker.base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING, Int32(BEV_OPT_CLOSE_ON_FREE.rawValue))
+        else {
+            Glibc.close(fd)
+            failHandshake(.tlsError, detail: "cannot allocate TLS session")
+            return
+        }
+        client = bev
+        bufferevent_setcb(bev, clientReadCallback, clientWriteCallback, clientEventCallback, context)
+        bufferevent_enable(bev, Int16(EV_READ | EV_WRITE))
+        timer = event_new(worker.base, -1, 0, timerCallback, context)
+        var timeout = worker.handshakeTimeout
+        event_add(timer, &timeout)
+    }
+
+    // MARK: Handshake and decision
+
+    fileprivate func clientEvent(_ events: Int16) {
+        let events = Int32(events)
+        switch state {
+        case .handshaking:
+            if events & BEV_EVENT_CONNECTED != 0 {
+                handshakeCompleted()
+            } else {
+                let (reason, detail) = handshakeFailure()
+                failHandshake(reason, detail: detail)
+            }
+        case .connectingUpstream, .forwarding:
+            if events & BEV_EVENT_EOF != 0 {
+                clientFinished()
+            } else if events & BEV_EVENT_ERROR != 0 {
+                closeDetail = drainErrors().last ?? errnoText()
+                close(cause: .error)
+            }
+        case .closed:
+            break
+        }
+    }
+
+    /// Names why a handshake failed: the SVID verdict if verification ran, else OpenSSL's reason.
+    private func handshakeFailure() -> (ReasonCode, String?) {
+        let errors = drainErrorCodes()
+        if let reason = check.reason { return (reason, check.detail) }
+        let detail = errors.last.map { String(cString: ERR_reason_error_string($0)) }
+        for code in errors {
+            switch ERR_GET_REASON(code) {
+            case SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE: return (.noClientCert, detail)
+            case SSL_R_UNSUPPORTED_PROTOCOL: return (.protocolVersion, detail)
+            default: continue
+            }
+        }
+        return (.tlsError, detail ?? (errors.isEmpty ? "connection closed during handshake" : nil))
+    }
+
+    private func handshakeCompleted() {
+        guard let client, let ssl = bufferevent_openssl_get_ssl(client), let peer = check.id else {
+            failHandshake(.tlsError, detail: "handshake completed without a verified SVID")
+            return
+        }
+        tlsVersion = String(cString: SSL_get_version(ssl))
+        if let current = SSL_get_current_cipher(ssl) { cipher = String(cString: SSL_CIPHER_get_name(current)) }
+        let decision = worker.snapshot.ruleSet.decide(peer: peer, listenerIndex: listenerIndex)
+        self.decision = decision
+        guard decision.isAllowed else {
+            var line = record("deny")
+            line.add("reason", ReasonCode.ruleDenied.rawValue)
+            worker.log.append(line.finish())
+            sendCloseNotifyAndRelease()
+            return
+        }
+        worker.log.append(record("allow").finish())
+        connectUpstream()
+    }
+
+    private func failHandshake(_ reason: ReasonCode, detail: String?) {
+        var line = record("handshake_error")
+        line.add("reason", reason.rawValue)
+        line.add("detail", detail)
+        worker.log.append(line.finish())
+        release()
+    }
+
+    // MARK: Upstream
+
+    private func connectUpstream() {
+        state = .connectingUpstream
+        // Hold client bytes until there is somewhere to put them.
+        bufferevent_disable(client, Int16(EV_READ))
+        let target = worker.snapshot.listeners[listenerIndex].upstream
+        let fd = socket(target.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0, let bev = bufferevent_socket_new(worker.base, fd, Int32(BEV_OPT_CLOSE_ON_FREE.rawValue)) else {
+            if fd >= 0 { Glibc.close(fd) }
+            upstreamFailed(detail: errnoText())
+            return
+        }
+        var one: Int32 = 1
+        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        upstream = bev
+        bufferevent_setcb(bev, upstreamReadCallback, upstreamWriteCallback, upstreamEventCallback, context)
+        var connectTimeout = worker.upstreamConnectTimeout
+        bufferevent_set_timeouts(bev, nil, &connectTimeout)
+        let started = target.withSockaddr { address, length in
+            bufferevent_socket_connect(bev, UnsafeMutablePointer(mutating: address), Int32(length))
+        }
+        if started != 0 { upstreamFailed(detail: errnoText()) }
+    }
+
+    fileprivate func upstreamEvent(_ events: Int16) {
+        let events = Int32(events)
+        switch state {
+        case .connectingUpstream:
+            if events & BEV_EVENT_CONNECTED != 0 {
+                upstreamConnected()
+            } else {
+                upstreamFailed(detail: events & BEV_EVENT_TIMEOUT != 0 ? "connect timed out" : errnoText())
+            }
+        case .forwarding:
+            if events & BEV_EVENT_EOF != 0 {
+                upstreamFinished()
+            } else if events & BEV_EVENT_ERROR != 0 {
+                closeDetail = errnoText()
+                close(cause: .error)
+            }
+        case .handshaking, .closed:
+            break
+        }
+    }
+
+    private func upstreamFailed(detail: String) {
+        closeReason = .upstreamUnreachable
+        closeDetail = detail
+        close(cause: .error)
+    }
+
+    private func upstreamConnected() {
+        state = .forwarding
+        bufferevent_set_timeouts(upstream, nil, nil)
+        bufferevent_setwatermark(upstream, Int16(EV_WRITE), Self.lowWatermark, 0)
+        bufferevent_setwatermark(client, Int16(EV_WRITE), Self.lowWatermark, 0)
+        bufferevent_enable(upstream, Int16(EV_READ | EV_WRITE))
+        lastActivity = worker.nowMilliseconds
+        event_del(timer)
+        var idle = timeval(tv_sec: Int(worker.idleTimeoutMilliseconds / 1000), tv_usec: Int(worker.idleTimeoutMilliseconds % 1000) * 1000)
+        event_add(timer, &idle)
+        if clientDone {
+            // The client sent its request and closed its side before the upstream answered.
+            forward(from: client, to: upstream, toUpstream: true)
+            shutDownUpstreamWriteIfDrained()
+        } else {
+            bufferevent_enable(client, Int16(EV_READ))
+            forward(from: client, to: upstream, toUpstream: true)
+        }
+    }
+
+    // MARK: Forwarding
+
+    fileprivate func clientReadable() {
+        guard state == .forwarding else { return }
+        forward(from: client, to: upstream, toUpstream: true)
+    }
+
+    fileprivate func upstreamReadable() {
+        guard state == .forwarding else { return }
+        forward(from: upstream, to: client, toUpstream: false)
+    }
+
+    /// Moves every buffered byte from `source` to `target` without copying it through Swift.
+    private func forward(from source: OpaquePointer?, to target: OpaquePointer?, toUpstream: Bool) {
+        let input = bufferevent_get_input(source)
+        let output = bufferevent_get_output(target)
+        let count = Int64(evbuffer_get_length(input))
+        guard count > 0 else { return }
+        evbuffer_add_buffer(output, input)
+        if toUpstream { bytesIn += count } else { bytesOut += count }
+        lastActivity = worker.nowMilliseconds
+        if evbuffer_get_length(output) >= Self.highWatermark {
+            bufferevent_disable(source, Int16(EV_READ))
+        }
+    }
+
+    /// The target drained below the low watermark: resume its source, finish a half-close.
+    fileprivate func drained(toUpstream: Bool) {
+        guard state == .forwarding else { return }
+        if toUpstream {
+            if clientDone { shutDownUpstreamWriteIfDrained() } else { bufferevent_enable(client, Int16(EV_READ)) }
+        } else {
+            if upstreamDone { closeIfClientDrained() } else { bufferevent_enable(upstream, Int16(EV_READ)) }
+        }
+    }
+
+    /// The client finished sending (close_notify or FIN): pass its last bytes on, then half-close
+    /// the upstream so the service sees end-of-request and can still answer.
+    private func clientFinished() {
+        clientDone = true
+        if firstCloser == nil { firstCloser = .client }
+        // libevent stops writing on the TLS side at EOF; the response still has to go out.
+        bufferevent_enable(client, Int16(EV_WRITE))
+        guard state == .forwarding else { return }
+        forward(from: client, to: upstream, toUpstream: true)
+        if upstreamDone { closeIfClientDrained() } else { shutDownUpstreamWriteIfDrained() }
+    }
+
+    private func shutDownUpstreamWriteIfDrained() {
+        guard let upstream, evbuffer_get_length(bufferevent_get_output(upstream)) == 0 else { return }
+        shutdown(bufferevent_getfd(upstream), Int32(SHUT_WR))
+    }
+
+    /// The upstream finished: deliver what it sent, then close the client with close_notify.
+    private func upstreamFinished() {
+        upstreamDone = true
+        if firstCloser == nil { firstCloser = .upstream }
+        forward(from: upstream, to: client, toUpstream: false)
+        closeIfClientDrained()
+    }
+
+    private func closeIfClientDrained() {
+        guard let client, evbuffer_get_length(bufferevent_get_output(client)) == 0 else { return }
+        close(cause: firstCloser ?? .upstream)
+    }
+
+    // MARK: Timers
+
+    fileprivate func timerFired() {
+        switch state {
+        case .handshaking:
+            failHandshake(.handshakeTimeout, detail: nil)
+        case .forwarding:
+            let idle = worker.nowMilliseconds - lastActivity
+            if idle >= worker.idleTimeoutMilliseconds {
+                close(cause: .idleTimeout)
+            } else {
+                let remaining = worker.idleTimeoutMilliseconds - idle
+                var wait = timeval(tv_sec: Int(remaining / 1000), tv_usec: Int(remaining % 1000) * 1000)
+                event_add(timer, &wait)
+            }
+        case .connectingUpstream, .closed:
+            break
+        }
+    }
+
+    // MARK: Closing
+
+    /// Ends an allowed connection: logs `close`, sends close_notify, frees everything.
+    func close(cause: CloseCause) {
+        guard state != .closed else { return }
+        if state == .handshaking {
+            failHandshake(.tlsError, detail: "closed by \(cause.rawValue)")
+            return
+        }
+        var line = record("close")
+        line.add("reason", closeReason?.rawValue)
+        line.add("detail", closeDetail)
+        line.add("bytes_in", bytesIn)
+        line.add("bytes_out", bytesOut)
+        line.add("duration_ms", worker.nowMilliseconds - acceptedAt)
+        line.add("close_cause", cause.rawValue)
+        worker.log.append(line.finish())
+        sendCloseNotifyAndRelease()
+    }
+
+    private func sendCloseNotifyAndRelease() {
+        if let client, let ssl = bufferevent_openssl_get_ssl(client) {
+            // bufferevent_free does not send close_notify; a clean TLS close needs it.
+            SSL_shutdown(ssl)
+            ERR_clear_error()
+        }
+        release()
+    }
+
+    /// Frees every callback source, then drops the worker's reference: the one release point.
+    private func release() {
+        state = .closed
+        if let timer { event_free(timer) }
+        timer = nil
+        if let client { bufferevent_free(client) }
+        client = nil
+        if let upstream { bufferevent_free(upstream) }
+        upstream = nil
+        worker.connections[id] = nil
+    }
+
+    // MARK: Log records
+
+    private func record(_ event: String) -> LogLine {
+        var line = LogLine(event: event, connection: id, timestamp: worker.now)
+        line.add("listener", listenerName)
+        line.add("peer_addr", peerAddress)
+        line.add("peer_id", check.id?.description)
+        line.add("trust_domain", check.id?.trustDomain.name)
+        line.add("rule", decision?.rule)
+        line.add("tls_version", tlsVersion)
+        line.add("cipher", cipher)
+        line.add("cert_serial", check.serialHex)
+        line.add("cert_sha256", check.sha256Hex)
+        line.addTime("cert_not_after", epochSeconds: check.notAfter)
+        return line
+    }
+
+    private func drainErrorCodes() -> [UInt] {
+        var codes: [UInt] = []
+        guard let client else { return codes }
+        while true {
+            let code = bufferevent_get_openssl_error(client)
+            if code == 0 { break }
+            // libevent also queues its own SSL_get_error codes, which carry no library.
+            if ERR_GET_LIB(code) != 0 { codes.append(code) }
+        }
+        ERR_clear_error()
+        return codes
+    }
+
+    private func drainErrors() -> [String] {
+        drainErrorCodes().map { String(cString: ERR_reason_error_string($0)) }
+    }
+
+    private func errnoText() -> String {
+        let code = errno
+        return code == 0 ? "connection failed" : String(cString: strerror(code))
+    }
+}
+
+private func connection(_ context: UnsafeMutableRawPointer?) -> Connection {
+    Unmanaged<Connection>.fromOpaque(context!).takeUnretainedValue()
+}
+
+private let clientReadCallback: @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?) -> Void = {
+    connection($1).clientReadable()
+}
+private let upstreamReadCallback: @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?) -> Void = {
+    connection($1).upstreamReadable()
+}
+private let clientWriteCallback: @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?) -> Void = {
+    connection($1).drained(toUpstream: false)
+}
+private let upstreamWriteCallback: @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?) -> Void = {
+    connection($1).drained(toUpstream: true)
+}
+private let clientEventCallback: @convention(c) (OpaquePointer?, Int16, UnsafeMutableRawPointer?) -> Void = {
+    connection($2).clientEvent($1)
+}
+private let upstreamEventCallback: @convention(c) (OpaquePointer?, Int16, UnsafeMutableRawPointer?) -> Void = {
+    connection($2).upstreamEvent($1)
+}
+private let timerCallback: @convention(c) (Int32, Int16, UnsafeMutableRawPointer?) -> Void = {
+    connection($2).timerFired()
+}

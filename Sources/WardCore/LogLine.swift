@@ -1,0 +1,94 @@
+import Glibc
+
+/// Builds one JSON Lines record. Fields are appended in call order; strings are escaped.
+/// Built on the worker, once per event (never per byte), then handed to `ConnectionLog`.
+struct LogLine {
+    private var text: String
+
+    init(event: String, connection: UInt64, timestamp: timeval) {
+        text = "{\"ts\":\""
+        text.reserveCapacity(512)
+        Self.appendTimestamp(timestamp, to: &text)
+        text += "\",\"event\":\""
+        text += event
+        text += "\",\"conn\":"
+        text += String(connection)
+    }
+
+    mutating func add(_ key: String, _ value: String?) {
+        guard let value else { return }
+        text += ",\""
+        text += key
+        text += "\":\""
+        Self.escape(value, into: &text)
+        text += "\""
+    }
+
+    mutating func add(_ key: String, _ value: Int64?) {
+        guard let value else { return }
+        text += ",\""
+        text += key
+        text += "\":"
+        text += String(value)
+    }
+
+    mutating func add(_ key: String, _ value: Bool) {
+        text += ",\"\(key)\":\(value)"
+    }
+
+    /// Adds an epoch-seconds instant as RFC 3339 UTC.
+    mutating func addTime(_ key: String, epochSeconds: Int64?) {
+        guard let epochSeconds else { return }
+        var time = ""
+        Self.appendTimestamp(timeval(tv_sec: Int(epochSeconds), tv_usec: 0), to: &time, milliseconds: false)
+        add(key, time)
+    }
+
+    func finish() -> String { text + "}\n" }
+
+    static func escape(_ value: String, into out: inout String) {
+        for scalar in value.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case _ where scalar.value < 0x20:
+                let hexDigits = Array("0123456789abcdef")
+                out += "\\u00"
+                out.append(hexDigits[Int(scalar.value >> 4)])
+                out.append(hexDigits[Int(scalar.value & 0xf)])
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+    }
+
+    /// RFC 3339 UTC, e.g. `2026-11-22T22:50:31.123Z`.
+    static func appendTimestamp(_ time: timeval, to out: inout String, milliseconds: Bool = true) {
+        var seconds = time_t(time.tv_sec)
+        var parts = tm()
+        gmtime_r(&seconds, &parts)
+        func pad(_ value: Int32, _ width: Int) {
+            let digits = String(value)
+            if digits.count < width { out += String(repeating: "0", count: width - digits.count) }
+            out += digits
+        }
+        pad(parts.tm_year + 1900, 4)
+        out += "-"
+        pad(parts.tm_mon + 1, 2)
+        out += "-"
+        pad(parts.tm_mday, 2)
+        out += "T"
+        pad(parts.tm_hour, 2)
+        out += ":"
+        pad(parts.tm_min, 2)
+        out += ":"
+        pad(parts.tm_sec, 2)
+        if milliseconds {
+            out += "."
+            pad(Int32(time.tv_usec / 1000), 3)
+        }
+        out += "Z"
+    }
+}

@@ -1,0 +1,69 @@
+import Glibc
+import WardConfig
+
+/// A resolved socket address, stored by value so the hot path never resolves names.
+public struct SocketAddress: Sendable, CustomStringConvertible {
+    private var storage = sockaddr_storage()
+    public private(set) var length: socklen_t = 0
+
+    public var family: Int32 { Int32(storage.ss_family) }
+
+    /// Resolves `hostPort` once (blocking `getaddrinfo`): call at load time only.
+    public static func resolve(_ hostPort: HostPort) throws(SocketAddressError) -> SocketAddress {
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        hints.ai_flags = AI_NUMERICSERV | AI_ADDRCONFIG
+        var results: UnsafeMutablePointer<addrinfo>?
+        let status = getaddrinfo(hostPort.host, String(hostPort.port), &hints, &results)
+        guard status == 0, let first = results else {
+            throw SocketAddressError(message: "cannot resolve \(hostPort): \(String(cString: gai_strerror(status)))")
+        }
+        defer { freeaddrinfo(results) }
+        var address = SocketAddress()
+        withUnsafeMutableBytes(of: &address.storage) { target in
+            target.copyMemory(from: UnsafeRawBufferPointer(start: first.pointee.ai_addr, count: Int(first.pointee.ai_addrlen)))
+        }
+        address.length = first.pointee.ai_addrlen
+        return address
+    }
+
+    /// Builds from what `accept` returned.
+    init(_ pointer: UnsafePointer<sockaddr>, length: socklen_t) {
+        withUnsafeMutableBytes(of: &storage) { target in
+            target.copyMemory(from: UnsafeRawBufferPointer(start: pointer, count: Int(min(length, socklen_t(MemoryLayout<sockaddr_storage>.size)))))
+        }
+        self.length = length
+    }
+
+    private init() {}
+
+    func withSockaddr<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
+        withUnsafeBytes(of: storage) { raw in
+            body(raw.baseAddress!.assumingMemoryBound(to: sockaddr.self), length)
+        }
+    }
+
+    /// `1.2.3.4:5` or `[::1]:5`.
+    public var description: String {
+        withUnsafeBytes(of: storage) { raw -> String in
+            var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN) + 1)
+            if family == AF_INET {
+                let address = raw.load(as: sockaddr_in.self)
+                var ip = address.sin_addr
+                inet_ntop(AF_INET, &ip, &text, socklen_t(text.count))
+                return "\(String(cString: text)):\(UInt16(bigEndian: address.sin_port))"
+            } else if family == AF_INET6 {
+                let address = raw.load(as: sockaddr_in6.self)
+                var ip = address.sin6_addr
+                inet_ntop(AF_INET6, &ip, &text, socklen_t(text.count))
+                return "[\(String(cString: text))]:\(UInt16(bigEndian: address.sin6_port))"
+            }
+            return "unknown"
+        }
+    }
+}
+
+public struct SocketAddressError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    public var description: String { message }
+}

@@ -1,0 +1,159 @@
+internal import CLibevent
+import Foundation
+import Glibc
+import Logging
+import Synchronization
+import WardPolicy
+import WardTLS
+
+/// Connection ids are unique within the process; one atomic add per accepted connection.
+let connectionIDs = Atomic<UInt64>(0)
+
+/// One event loop on one thread, with its own listeners (SO_REUSEPORT), TLS context and
+/// connections. Everything here runs on the worker's thread except `start` and `requestStop`.
+final class Worker: @unchecked Sendable {
+    // @unchecked: after `start`, all state is touched only on the worker thread; the one
+    // cross-thread call, `requestStop`, goes through `event_active`, which libevent makes
+    // thread-safe once `evthread_use_pthreads` ran.
+    let index: Int
+    let base: OpaquePointer
+    let snapshot: RuntimeSnapshot
+    let tls: TLSServerContext
+    let log: ConnectionLog
+    let logger: Logger
+    let handshakeTimeout: timeval
+    let idleTimeoutMilliseconds: Int64
+    let upstreamConnectTimeout: timeval
+    private var listeners: [OpaquePointer] = []
+    /// The owner of every open connection: removal is each connection's one release point.
+    var connections: [UInt64: Connection] = [:]
+    private var stopEvent: OpaquePointer?
+    private let stopped = DispatchSemaphore(value: 0)
+
+    init(index: Int, snapshot: RuntimeSnapshot, sockets: [Int32], log: ConnectionLog, logger: Logger) throws {
+        guard let base = event_base_new() else { throw WorkerError(message: "event_base_new failed") }
+        self.index = index
+        self.base = base
+        self.snapshot = snapshot
+        self.log = log
+        self.logger = logger
+        self.tls = try snapshot.makeTLSContext()
+        self.handshakeTimeout = timeval(duration: snapshot.config.handshakeTimeout)
+        self.idleTimeoutMilliseconds = snapshot.config.idleTimeout.milliseconds
+        self.upstreamConnectTimeout = timeval(tv_sec: 5, tv_usec: 0)
+        let context = Unmanaged.passUnretained(self).toOpaque()
+        for (listenerIndex, fd) in sockets.enumerated() {
+            // The listener context packs the worker and the listener index; the worker outlives it.
+            let box = ListenerContext(worker: self, listenerIndex: listenerIndex)
+            listenerContexts.append(box)
+            guard
+                let listener = evconnlistener_new(
+                    base, acceptCallback, Unmanaged.passUnretained(box).toOpaque(),
+                    UInt32(LEV_OPT_CLOSE_ON_FREE), 0, fd)
+            else { throw WorkerError(message: "evconnlistener_new failed") }
+            evconnlistener_set_error_cb(listener, acceptErrorCallback)
+            listeners.append(listener)
+        }
+        stopEvent = event_new(base, -1, Int16(EV_PERSIST), stopCallback, context)
+    }
+
+    private var listenerContexts: [ListenerContext] = []
+
+    deinit {
+        if let stopEvent { event_free(stopEvent) }
+        event_base_free(base)
+    }
+
+    func start() {
+        let thread = Thread { [self] in
+            event_base_loop(base, EVLOOP_NO_EXIT_ON_EMPTY)
+            stopped.signal()
+        }
+        thread.name = "ward-worker-\(index)"
+        thread.start()
+    }
+
+    /// Asks the loop to stop (from any thread) and waits until it has.
+    func stopAndWait() {
+        event_active(stopEvent, EV_READ, 0)
+        stopped.wait()
+    }
+
+    /// On the worker thread: stop accepting first, then close every connection cleanly.
+    fileprivate func shutDown() {
+        for listener in listeners { evconnlistener_free(listener) }
+        listeners.removeAll()
+        for connection in Array(connections.values) { connection.close(cause: .shutdown) }
+        event_base_loopexit(base, nil)
+    }
+
+    fileprivate func accept(fd: Int32, address: UnsafeMutablePointer<sockaddr>, length: Int32, listenerIndex: Int) {
+        var one: Int32 = 1
+        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        let id = connectionIDs.wrappingAdd(1, ordering: .relaxed).newValue
+        let peer = SocketAddress(address, length: socklen_t(length))
+        let connection = Connection(id: id, worker: self, listenerIndex: listenerIndex, peerAddress: peer.description)
+        connections[id] = connection
+        connection.start(fd: fd)
+    }
+
+    /// The loop's cached clock, in milliseconds; no system call.
+    var nowMilliseconds: Int64 {
+        var time = timeval()
+        event_base_gettimeofday_cached(base, &time)
+        return Int64(time.tv_sec) * 1000 + Int64(time.tv_usec) / 1000
+    }
+
+    var now: timeval {
+        var time = timeval()
+        event_base_gettimeofday_cached(base, &time)
+        return time
+    }
+}
+
+final class ListenerContext {
+    unowned let worker: Worker
+    let listenerIndex: Int
+    init(worker: Worker, listenerIndex: Int) {
+        self.worker = worker
+        self.listenerIndex = listenerIndex
+    }
+}
+
+struct WorkerError: Error, CustomStringConvertible {
+    var message: String
+    var description: String { message }
+}
+
+private let acceptCallback:
+    @convention(c) (OpaquePointer?, Int32, UnsafeMutablePointer<sockaddr>?, Int32, UnsafeMutableRawPointer?)
+        -> Void = { _, fd, address, length, context in
+            guard let context, let address else { return }
+            let box = Unmanaged<ListenerContext>.fromOpaque(context).takeUnretainedValue()
+            box.worker.accept(fd: fd, address: address, length: length, listenerIndex: box.listenerIndex)
+        }
+
+private let acceptErrorCallback: @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?) -> Void = { _, context in
+    // EMFILE and friends: libevent keeps the listener; log once per error, do not spin.
+    writeDiagnostic("ward: accept failed: \(String(cString: strerror(errno)))\n")
+}
+
+private let stopCallback: @convention(c) (Int32, Int16, UnsafeMutableRawPointer?) -> Void = {
+    _, _, context in
+    guard let context else { return }
+    Unmanaged<Worker>.fromOpaque(context).takeUnretainedValue().shutDown()
+}
+
+extension timeval {
+    init(duration: Duration) {
+        let (seconds, attoseconds) = duration.components
+        self.init(tv_sec: Int(seconds), tv_usec: Int(attoseconds / 1_000_000_000_000))
+    }
+}
+
+extension Duration {
+    var milliseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
+    }
+}

@@ -1,0 +1,22 @@
+/// Machine-readable reasons that appear in the connection log's `reason` field.
+///
+/// The raw values are a contract (docs/log-schema.md): log consumers match on them.
+public enum ReasonCode: String, Error, Sendable, CaseIterable {
+    case noClientCert = "no_client_cert"
+    case unknownTrustDomain = "unknown_trust_domain"
+    case untrustedChain = "untrusted_chain"
+    case expired
+    case notYetValid = "not_yet_valid"
+    case multipleURISANs = "multiple_uri_sans"
+    case noURISAN = "no_uri_san"
+    case notSPIFFEID = "not_spiffe_id"
+    case leafIsCA = "leaf_is_ca"
+    case badKeyUsage = "bad_key_usage"
+    case badEKU = "bad_eku"
+    case svidLifetimeTooLong = "svid_lifetime_too_long"
+    case ruleDenied = "rule_denied"
+    case upstreamUnreachable = "upstream_unreachable"
+    case handshakeTimeout = "handshake_timeout"
+    case tlsError = "tls_error"
+    case protocolVersion = "protocol_version"
+}

@@ -1,0 +1,29 @@
+import WardIdentity
+
+/// What SVID verification learnt about one peer during its handshake. The connection owns it;
+/// the TLS verify callback fills it in through the `SSL`'s ex_data slot.
+public final class PeerCheck {
+    public var id: SPIFFEID?
+    /// Set when the peer was refused.
+    public var reason: ReasonCode?
+    /// OpenSSL's or Ward's detail text for a refusal, for operators.
+    public var detail: String?
+    public var serialHex: String?
+    public var sha256Hex: String?
+    public var notAfter: Int64?
+    /// Whether the verify callback ran at all (it does not when the peer sent no certificate).
+    public var sawCertificate = false
+
+    public init() {}
+
+    /// Forgets everything, so a pooled instance can serve the next connection.
+    public func reset() {
+        id = nil
+        reason = nil
+        detail = nil
+        serialHex = nil
+        sha256Hex = nil
+        notAfter = nil
+        sawCertificate = false
+    }
+}

@@ -1,0 +1,109 @@
+internal import COpenSSL
+import WardIdentity
+
+/// Verifies a peer's X509-SVID the SPIFFE way: read the ID, check the leaf's shape, pick the
+/// bundle of the ID's own trust domain, and verify the chain against that bundle only.
+///
+/// One per worker (it owns `X509_STORE`s); used only on that worker's thread.
+public final class SVIDVerifier {
+    private let stores: [TrustDomain: OpaquePointer]
+    public let policy: SVIDLeafPolicy
+
+    public init(bundles: [TrustBundle], policy: SVIDLeafPolicy) throws {
+        var stores: [TrustDomain: OpaquePointer] = [:]
+        do {
+            for bundle in bundles { stores[bundle.trustDomain] = try bundle.makeStore() }
+        } catch {
+            for store in stores.values { X509_STORE_free(store) }
+            throw error
+        }
+        self.stores = stores
+        self.policy = policy
+    }
+
+    deinit { for store in stores.values { X509_STORE_free(store) } }
+
+    /// Verifies `leaf` with the intermediates the peer sent; records the outcome in `check`.
+    /// Returns the X509 verify error for the TLS alert, or nil when the peer is authenticated.
+    func verify(leaf: OpaquePointer, untrusted: OpaquePointer?, into check: PeerCheck, policy: SVIDLeafPolicy? = nil)
+        -> Int32?
+    {
+        let policy = policy ?? self.policy
+        let certificate = Certificate(borrowing: leaf)
+        check.sawCertificate = true
+        check.serialHex = certificate.serialHex
+        check.sha256Hex = certificate.sha256Hex
+        check.notAfter = certificate.notAfter
+        let facts = certificate.svidLeaf
+
+        let id: SPIFFEID
+        switch policy.identity(of: facts) {
+        case .success(let parsed): id = parsed
+        case .failure(let reason): return refuse(check, reason, X509_V_ERR_APPLICATION_VERIFICATION)
+        }
+        check.id = id
+        if let reason = policy.checkShape(of: facts) {
+            return refuse(check, reason, X509_V_ERR_APPLICATION_VERIFICATION)
+        }
+        guard let store = stores[id.trustDomain] else {
+            return refuse(check, .unknownTrustDomain, X509_V_ERR_APPLICATION_VERIFICATION)
+        }
+        return verifyChain(leaf: leaf, untrusted: untrusted, store: store, check: check)
+    }
+
+    private func verifyChain(leaf: OpaquePointer, untrusted: OpaquePointer?, store: OpaquePointer, check: PeerCheck)
+        -> Int32?
+    {
+        guard let context = X509_STORE_CTX_new() else {
+            return refuse(check, .tlsError, X509_V_ERR_OUT_OF_MEM, detail: "X509_STORE_CTX_new failed")
+        }
+        defer { X509_STORE_CTX_free(context) }
+        guard X509_STORE_CTX_init(context, store, leaf, untrusted) == 1 else {
+            return refuse(check, .tlsError, X509_V_ERR_UNSPECIFIED, detail: OpenSSLError.drain("X509_STORE_CTX_init").description)
+        }
+        if X509_verify_cert(context) == 1 { return nil }
+        let error = X509_STORE_CTX_get_error(context)
+        ERR_clear_error()
+        let reason: ReasonCode
+        switch error {
+        case X509_V_ERR_CERT_HAS_EXPIRED: reason = .expired
+        case X509_V_ERR_CERT_NOT_YET_VALID: reason = .notYetValid
+        default: reason = .untrustedChain
+        }
+        return refuse(check, reason, error, detail: String(cString: X509_verify_cert_error_string(Int(error))))
+    }
+
+    private func refuse(_ check: PeerCheck, _ reason: ReasonCode, _ error: Int32, detail: String? = nil) -> Int32 {
+        check.reason = reason
+        check.detail = detail
+        return error
+    }
+
+    /// Verifies Ward's own SVID chain at load time, in the server role.
+    public func verifyOwn(chain: [Certificate]) -> Result<SPIFFEID, OwnSVIDError> {
+        guard let leaf = chain.first else { return .failure(OwnSVIDError(reason: .noClientCert, detail: "no certificate")) }
+        let check = PeerCheck()
+        guard let untrusted = OPENSSL_sk_new_null() else {
+            return .failure(OwnSVIDError(reason: .tlsError, detail: "out of memory"))
+        }
+        defer { OPENSSL_sk_free(untrusted) }
+        for certificate in chain.dropFirst() { OPENSSL_sk_push(untrusted, UnsafeRawPointer(certificate.x509)) }
+        // Ward's own lifetime is the issuer's business; the cap defends against peers.
+        let ownPolicy = SVIDLeafPolicy(role: .server, maximumLifetimeSeconds: .max)
+        if verify(leaf: leaf.x509, untrusted: untrusted, into: check, policy: ownPolicy) == nil, let id = check.id {
+            return .success(id)
+        }
+        return .failure(OwnSVIDError(reason: check.reason ?? .tlsError, detail: check.detail, id: check.id))
+    }
+}
+
+public struct OwnSVIDError: Error, Sendable, CustomStringConvertible {
+    public var reason: ReasonCode
+    public var detail: String?
+    public var id: SPIFFEID?
+
+    public var description: String {
+        let subject = id.map { "own SVID \($0)" } ?? "own SVID"
+        return "\(subject) is not valid for its trust domain: \(reason.rawValue)" + (detail.map { " (\($0))" } ?? "")
+    }
+}

@@ -1,0 +1,100 @@
+internal import COpenSSL
+internal import CWardShims
+import WardIdentity
+
+/// Ward's own SVID: the leaf, its intermediates, and the key, checked to match.
+public struct IdentityMaterial: Sendable {
+    public let chain: [Certificate]
+    public let key: PrivateKey
+
+    public init(chain: [Certificate], key: PrivateKey) {
+        self.chain = chain
+        self.key = key
+    }
+}
+
+/// The ex_data slot on each `SSL` that points at its connection's `PeerCheck` (unretained:
+/// the connection owns the check and frees the `SSL` before itself).
+let peerCheckIndex: Int32 = WardShim_SSL_get_ex_new_index()
+
+/// A server-side `SSL_CTX` for mutual TLS with SPIFFE peers.
+///
+/// Building one parses keys and fetches algorithms: do not build on an event loop. Each worker
+/// builds its own so handshakes never share a context's locks across threads.
+public final class TLSServerContext {
+    let context: OpaquePointer
+    /// Retained for the callback's `arg`; released in deinit, the one release point.
+    private let verifierReference: Unmanaged<SVIDVerifier>
+
+    public init(identity: IdentityMaterial, verifier: SVIDVerifier) throws {
+        ERR_clear_error()
+        guard let context = SSL_CTX_new(TLS_server_method()) else { throw OpenSSLError.drain("SSL_CTX_new") }
+        self.context = context
+        self.verifierReference = Unmanaged.passRetained(verifier)
+
+        guard WardShim_SSL_CTX_set_min_proto_version(context, TLS1_2_VERSION) == 1,
+            WardShim_SSL_CTX_set_max_proto_version(context, TLS1_3_VERSION) == 1
+        else { throw OpenSSLError.drain("setting TLS versions") }
+        SSL_CTX_set_options(
+            context,
+            WardShim_SSL_OP_NO_RENEGOTIATION() | WardShim_SSL_OP_NO_COMPRESSION()
+                | WardShim_SSL_OP_CIPHER_SERVER_PREFERENCE() | WardShim_SSL_OP_NO_TICKET()
+                // A peer that closes TCP without close_notify ends its stream like a FIN would:
+                // the proxied byte stream has no truncation signal of its own to protect.
+                | WardShim_SSL_OP_IGNORE_UNEXPECTED_EOF())
+        // Idle connections give their 34 KiB of record buffers back.
+        _ = WardShim_SSL_CTX_set_mode(context, Int(SSL_MODE_RELEASE_BUFFERS))
+        // No resumption yet: unused tickets cost about 30% of a handshake (PLATFORM.md).
+        _ = WardShim_SSL_CTX_set_session_cache_mode(context, Int(SSL_SESS_CACHE_OFF))
+        _ = SSL_CTX_set_num_tickets(context, 0)
+        guard WardShim_SSL_CTX_set1_groups_list(context, "X25519:P-256:P-384") == 1,
+            SSL_CTX_set_cipher_list(context, "ECDHE+AESGCM:ECDHE+CHACHA20") == 1,
+            // AES-128 first: as strong as the P-256 keys in use, and cheaper per byte.
+            SSL_CTX_set_ciphersuites(
+                context, "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384") == 1
+        else { throw OpenSSLError.drain("setting groups and ciphers") }
+
+        guard let leaf = identity.chain.first else { throw OpenSSLError(operation: "own SVID is empty", details: []) }
+        guard let intermediates = OPENSSL_sk_new_null() else { throw OpenSSLError.drain("OPENSSL_sk_new_null") }
+        defer { OPENSSL_sk_free(intermediates) }
+        for certificate in identity.chain.dropFirst() {
+            OPENSSL_sk_push(intermediates, UnsafeRawPointer(certificate.x509))
+        }
+        guard SSL_CTX_use_cert_and_key(context, leaf.x509, identity.key.pkey, intermediates, 1) == 1 else {
+            throw OpenSSLError.drain("loading own SVID")
+        }
+
+        SSL_CTX_set_verify(context, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nil)
+        SSL_CTX_set_cert_verify_callback(context, spiffeVerifyCallback, verifierReference.toOpaque())
+    }
+
+    deinit {
+        SSL_CTX_free(context)
+        verifierReference.release()
+    }
+
+    /// A new `SSL` for one accepted connection, wired to `check`.
+    public func makeSession(check: PeerCheck) -> OpaquePointer? {
+        guard let ssl = SSL_new(context) else { return nil }
+        SSL_set_ex_data(ssl, peerCheckIndex, Unmanaged.passUnretained(check).toOpaque())
+        return ssl
+    }
+}
+
+/// Replaces OpenSSL's chain building: the SVID picks its own trust domain's store.
+private let spiffeVerifyCallback: @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?) -> Int32 = {
+    storeContext, argument in
+    guard let storeContext, let argument,
+        let ssl = X509_STORE_CTX_get_ex_data(storeContext, SSL_get_ex_data_X509_STORE_CTX_idx()),
+        let checkPointer = SSL_get_ex_data(OpaquePointer(ssl), peerCheckIndex),
+        let leaf = X509_STORE_CTX_get0_cert(storeContext)
+    else { return 0 }
+    let verifier = Unmanaged<SVIDVerifier>.fromOpaque(argument).takeUnretainedValue()
+    let check = Unmanaged<PeerCheck>.fromOpaque(checkPointer).takeUnretainedValue()
+    let untrusted = X509_STORE_CTX_get0_untrusted(storeContext)
+    if let error = verifier.verify(leaf: leaf, untrusted: untrusted, into: check) {
+        X509_STORE_CTX_set_error(storeContext, error)
+        return 0
+    }
+    return 1
+}
