@@ -1,0 +1,160 @@
+"""Real processes on loopback: the built ward binary, upstream servers, and log tailing."""
+import json
+import os
+import socket
+import socketserver
+import subprocess
+import threading
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+WARD = os.environ.get("WARD_BIN", os.path.join(REPO, ".build", "debug", "ward"))
+DEADLINE = 15.0
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Upstream:
+    """A TCP upstream on loopback that counts the connections it accepts.
+
+    mode "echo-line": reply `echo: LINE` to the first line, then close.
+    mode "until-eof": read to EOF, then reply `got N bytes sha256=HEX` and close.
+    mode "hold": keep the connection open and echo everything.
+    """
+
+    def __init__(self, mode="echo-line"):
+        outer = self
+        self.accepted = 0
+        self.lock = threading.Lock()
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self):
+                with outer.lock:
+                    outer.accepted += 1
+                conn = self.request
+                if mode == "echo-line":
+                    data = b""
+                    while b"\n" not in data:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                    conn.sendall(b"echo: " + data)
+                elif mode == "until-eof":
+                    import hashlib
+                    digest, total = hashlib.sha256(), 0
+                    while True:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        digest.update(chunk)
+                        total += len(chunk)
+                    conn.sendall(f"got {total} bytes sha256={digest.hexdigest()}\n".encode())
+                else:
+                    while True:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        conn.sendall(chunk)
+
+        socketserver.ThreadingTCPServer.allow_reuse_address = True
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Ward:
+    """Runs `ward run` with a generated config; waits for its readiness line."""
+
+    def __init__(self, folder, config_text, rules_text):
+        self.folder = folder
+        self.config_path = os.path.join(folder, "ward.yaml")
+        self.log_path = os.path.join(folder, "connections.log")
+        with open(self.config_path, "w") as f:
+            f.write(config_text)
+        with open(os.path.join(folder, "rules.yaml"), "w") as f:
+            f.write(rules_text)
+        self.stderr_path = os.path.join(folder, "ward.stderr")
+        self.process = None
+
+    def start(self):
+        self.stderr = open(self.stderr_path, "w")
+        self.process = subprocess.Popen(
+            [WARD, "run", "--config", self.config_path], stdout=subprocess.DEVNULL, stderr=self.stderr)
+        self.wait_for_stderr("ready:")
+        return self
+
+    def wait_for_stderr(self, text):
+        deadline = time.monotonic() + DEADLINE
+        while time.monotonic() < deadline:
+            with open(self.stderr_path) as f:
+                content = f.read()
+            if text in content:
+                return content
+            if self.process.poll() is not None:
+                raise AssertionError(f"ward exited {self.process.returncode}: {content}")
+            time.sleep(0.02)
+        raise AssertionError(f"ward never printed {text!r}: {content}")
+
+    def stop(self, sig=15):
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=DEADLINE)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise AssertionError("ward did not stop on SIGTERM")
+        return self.process.returncode
+
+    def mark(self):
+        """A position in the log; `wait_for` looks only at lines after it."""
+        try:
+            return os.path.getsize(self.log_path)
+        except FileNotFoundError:
+            return 0
+
+    def lines(self, since=0):
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(since)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        complete = data[: data.rfind(b"\n") + 1]
+        return [json.loads(line) for line in complete.decode().splitlines() if line]
+
+    def wait_for(self, since, **fields):
+        """The first log record after `since` whose fields equal `fields`."""
+        deadline = time.monotonic() + DEADLINE
+        while time.monotonic() < deadline:
+            for record in self.lines(since):
+                if all(record.get(k) == v for k, v in fields.items()):
+                    return record
+            time.sleep(0.02)
+        raise AssertionError(f"no log line with {fields}; saw {self.lines(since)}")
+
+
+def config(pki_dir, listeners, extra=""):
+    lines = [
+        "identity:",
+        f"  cert: {pki_dir}/ward.pem",
+        f"  key: {pki_dir}/ward.key",
+        "trust_domains:",
+        f"  example.org: {pki_dir}/example.org.bundle.pem",
+        f"  partner.org: {pki_dir}/partner.org.bundle.pem",
+        "listeners:",
+    ]
+    for name, listen, upstream in listeners:
+        lines += [f"  - name: {name}", f"    listen: 127.0.0.1:{listen}", f"    upstream: 127.0.0.1:{upstream}"]
+    lines += ["rules: rules.yaml", "log: connections.log", "workers: 2"]
+    return "\n".join(lines) + "\n" + extra

@@ -1,0 +1,94 @@
+"""A test PKI built in code: each helper makes one kind of certificate the SVID rules judge."""
+import datetime
+import ipaddress
+import os
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+NOW = datetime.datetime.now(datetime.timezone.utc)
+
+
+@dataclass
+class Issued:
+    cert: x509.Certificate
+    key: object
+    cert_path: str = ""
+    key_path: str = ""
+
+
+def _name(text):
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+
+def _key(kind):
+    if kind == "rsa":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def ca(name, issuer=None, days=30):
+    key = _key("ec")
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(name))
+        .issuer_name(issuer.cert.subject if issuer else _name(name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - datetime.timedelta(minutes=5))
+        .not_valid_after(NOW + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(_key_usage(cert_sign=True), critical=True)
+    )
+    return Issued(builder.sign(issuer.key if issuer else key, hashes.SHA256()), key)
+
+
+def _key_usage(digital_signature=False, cert_sign=False, key_encipherment=False):
+    return x509.KeyUsage(
+        digital_signature=digital_signature, content_commitment=False, key_encipherment=key_encipherment,
+        data_encipherment=False, key_agreement=False, key_cert_sign=cert_sign, crl_sign=cert_sign,
+        encipher_only=False, decipher_only=False)
+
+
+def leaf(issuer, uris, *, key_kind="ec", is_ca=False, digital_signature=True, cert_sign=False,
+         eku=(ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH),
+         not_before=None, lifetime=datetime.timedelta(hours=1), ips=(), dns=()):
+    key = _key(key_kind)
+    not_before = not_before or NOW - datetime.timedelta(minutes=5)
+    sans = [x509.UniformResourceIdentifier(u) for u in uris]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+    sans += [x509.DNSName(d) for d in dns]
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name("svid"))
+        .issuer_name(issuer.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_before + lifetime)
+        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
+        .add_extension(
+            _key_usage(digital_signature=digital_signature, cert_sign=cert_sign,
+                       key_encipherment=key_kind == "rsa"), critical=True)
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    if eku:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(list(eku)), critical=False)
+    return Issued(builder.sign(issuer.key, hashes.SHA256()), key)
+
+
+def write(issued, folder, name, chain=()):
+    """Writes NAME.pem (leaf then `chain`) and NAME.key; returns `issued` with the paths set."""
+    issued.cert_path = os.path.join(folder, name + ".pem")
+    issued.key_path = os.path.join(folder, name + ".key")
+    with open(issued.cert_path, "wb") as out:
+        for cert in (issued.cert, *[c.cert for c in chain]):
+            out.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(issued.key_path, "wb") as out:
+        out.write(issued.key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return issued

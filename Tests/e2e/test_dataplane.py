@@ -1,0 +1,202 @@
+"""End to end: the built ward, real TLS clients, real upstreams on loopback. One scenario each."""
+import hashlib
+import os
+import subprocess
+
+import pytest
+
+from clients import context, exchange, half_close_exchange
+
+
+def test_allowed_python_client_reaches_upstream(env):
+    mark = env.ward.mark()
+    out = exchange(env.ports["echo"], context(env.certs, "web"), b"hello\n")
+    assert out.data == b"echo: hello\n", out.error
+    peer = f"127.0.0.1:{out.local_port}"
+    allow = env.ward.wait_for(mark, event="allow", peer_addr=peer)
+    assert allow["peer_id"] == "spiffe://example.org/ns/prod/sa/web"
+    assert allow["trust_domain"] == "example.org"
+    assert allow["rule"] == "web-everywhere"
+    assert allow["listener"] == "echo"
+    assert allow["tls_version"] == "TLSv1.3"
+    assert allow["cert_sha256"] == hashlib.sha256(
+        env.certs["web"].cert.public_bytes(__import__("cryptography").hazmat.primitives.serialization.Encoding.DER)
+    ).hexdigest()
+    assert allow["cert_serial"] == format(env.certs["web"].cert.serial_number, "X")
+    close = env.ward.wait_for(mark, event="close", conn=allow["conn"])
+    assert close["close_cause"] == "upstream"
+    assert close["bytes_in"] == 6 and close["bytes_out"] == 12
+    assert close["duration_ms"] >= 0
+
+
+def test_openssl_s_client_is_allowed(env):
+    mark = env.ward.mark()
+    c = env.certs
+    run = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{env.ports['echo']}", "-quiet",
+         "-cert", c["web"].cert_path, "-key", c["web"].key_path, "-CAfile", c["example_ca"]],
+        input=b"from s_client\n", capture_output=True, timeout=20)
+    assert b"echo: from s_client" in run.stdout, run.stderr
+    assert env.ward.wait_for(mark, event="allow", listener="echo")["rule"] == "web-everywhere"
+
+
+def test_curl_gets_http_response(env):
+    mark = env.ward.mark()
+    c = env.certs
+    run = subprocess.run(
+        ["curl", "-sS", "--max-time", "20", "--cert", c["web"].cert_path, "--key", c["web"].key_path,
+         "--cacert", c["example_ca"], f"https://127.0.0.1:{env.ports['http']}/"],
+        capture_output=True, timeout=30)
+    assert run.stdout == b"hello from upstream\n", run.stderr
+    allow = env.ward.wait_for(mark, event="allow", listener="http")
+    assert allow["peer_id"] == "spiffe://example.org/ns/prod/sa/web"
+    env.ward.wait_for(mark, event="close", conn=allow["conn"])
+
+
+def test_rsa_svid_is_allowed(env):
+    out = exchange(env.ports["echo"], context(env.certs, "web_rsa"), b"rsa\n")
+    assert out.data == b"echo: rsa\n", out.error
+
+
+def test_tls12_client_is_allowed(env):
+    import ssl
+    out = exchange(env.ports["echo"], context(env.certs, "web", maximum_version=ssl.TLSVersion.TLSv1_2), b"v12\n")
+    assert out.data == b"echo: v12\n", out.error
+
+
+def test_chain_through_intermediate(env):
+    mark = env.ward.mark()
+    out = exchange(env.ports["echo"], context(env.certs, "via_intermediate"), b"chain\n")
+    assert out.data == b"echo: chain\n", out.error
+    allow = env.ward.wait_for(mark, event="allow", peer_addr=f"127.0.0.1:{out.local_port}")
+    assert allow["peer_id"] == "spiffe://example.org/ns/prod/sa/worker"
+
+
+def test_unlisted_id_is_denied_without_upstream_connection(env):
+    before = env.echo.accepted
+    mark = env.ward.mark()
+    out = exchange(env.ports["echo"], context(env.certs, "batch"), b"let me in\n")
+    assert out.data == b""
+    deny = env.ward.wait_for(mark, event="deny", peer_addr=f"127.0.0.1:{out.local_port}")
+    assert deny["reason"] == "rule_denied"
+    assert deny["rule"] == "default"
+    assert deny["peer_id"] == "spiffe://example.org/ns/dev/sa/batch"
+    assert env.echo.accepted == before
+    assert not any(r.get("event") == "close" and r["conn"] == deny["conn"] for r in env.ward.lines(mark))
+
+
+def test_deny_rule_wins_over_allow(env):
+    before = env.echo.accepted
+    mark = env.ward.mark()
+    out = exchange(env.ports["echo"], context(env.certs, "billing"), b"x\n")
+    assert out.data == b""
+    deny = env.ward.wait_for(mark, event="deny", peer_addr=f"127.0.0.1:{out.local_port}")
+    assert deny["rule"] == "no-billing-on-http" and deny["trust_domain"] == "partner.org"
+    assert env.echo.accepted == before
+
+
+def test_no_client_certificate(env):
+    mark = env.ward.mark()
+    out = exchange(env.ports["echo"], context(env.certs))
+    assert out.data == b""
+    record = env.ward.wait_for(mark, event="handshake_error", peer_addr=f"127.0.0.1:{out.local_port}")
+    assert record["reason"] == "no_client_cert"
+    assert "peer_id" not in record
+
+
+REFUSALS = [
+    ("unknown_domain", "unknown_trust_domain", "spiffe://other.org/ns/prod/sa/web"),
+    ("partner_by_example", "untrusted_chain", "spiffe://partner.org/ns/prod/sa/billing"),
+    ("example_by_partner", "untrusted_chain", "spiffe://example.org/ns/prod/sa/web"),
+    ("two_uris", "multiple_uri_sans", None),
+    ("no_uri", "no_uri_san", None),
+    ("not_spiffe", "not_spiffe_id", None),
+    ("root_id", "not_spiffe_id", None),
+    ("ca_leaf", "leaf_is_ca", "spiffe://example.org/ns/prod/sa/web"),
+    ("bad_ku", "bad_key_usage", "spiffe://example.org/ns/prod/sa/web"),
+    ("server_only_eku", "bad_eku", "spiffe://example.org/ns/prod/sa/web"),
+    ("expired", "expired", "spiffe://example.org/ns/prod/sa/web"),
+    ("not_yet_valid", "not_yet_valid", "spiffe://example.org/ns/prod/sa/web"),
+    ("long_lived", "svid_lifetime_too_long", "spiffe://example.org/ns/prod/sa/web"),
+    ("missing_intermediate", "untrusted_chain", "spiffe://example.org/ns/prod/sa/worker"),
+]
+
+
+@pytest.mark.parametrize("cert, reason, peer_id", REFUSALS, ids=[r[0] for r in REFUSALS])
+def test_invalid_svid_is_refused(env, cert, reason, peer_id):
+    before = env.echo.accepted
+    mark = env.ward.mark()
+    out = exchange(env.ports["echo"], context(env.certs, cert), b"x\n")
+    # In TLS 1.3 the client learns of the refusal only when it reads: nothing may come back.
+    assert out.data == b""
+    record = env.ward.wait_for(mark, event="handshake_error", peer_addr=f"127.0.0.1:{out.local_port}")
+    assert record["reason"] == reason
+    assert record.get("peer_id") == peer_id
+    if peer_id:
+        assert record["trust_domain"] == peer_id.split("/")[2]
+    assert record["cert_sha256"]
+    assert env.echo.accepted == before
+
+
+def test_half_close_delivers_request_and_whole_response(env):
+    payload = os.urandom(300_000)
+    mark = env.ward.mark()
+    response = half_close_exchange(env.ports["halfclose"], context(env.certs, "web"), payload)
+    expected = f"got {len(payload)} bytes sha256={hashlib.sha256(payload).hexdigest()}\n".encode()
+    assert response == expected
+    close = env.ward.wait_for(mark, event="close", listener="halfclose")
+    assert close["close_cause"] == "client"
+    assert close["bytes_in"] == len(payload) and close["bytes_out"] == len(expected)
+
+
+def test_upstream_down_closes_client_and_logs_reason(env):
+    mark = env.ward.mark()
+    out = exchange(env.ports["down"], context(env.certs, "web"), b"anyone?\n")
+    assert out.data == b""
+    allow = env.ward.wait_for(mark, event="allow", peer_addr=f"127.0.0.1:{out.local_port}")
+    close = env.ward.wait_for(mark, event="close", conn=allow["conn"])
+    assert close["reason"] == "upstream_unreachable"
+    assert close["close_cause"] == "error"
+
+
+def test_plain_text_client_gets_tls_error(env):
+    import socket
+    mark = env.ward.mark()
+    with socket.create_connection(("127.0.0.1", env.ports["echo"]), timeout=10) as s:
+        port = s.getsockname()[1]
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        try:
+            reply = s.recv(1024)
+        except ConnectionResetError:
+            reply = b""
+        assert b"echo" not in reply
+    record = env.ward.wait_for(mark, event="handshake_error", peer_addr=f"127.0.0.1:{port}")
+    assert record["reason"] == "tls_error"
+    assert record["detail"] == "http request"
+
+
+def test_stalled_handshake_times_out(env):
+    import socket
+    mark = env.ward.mark()
+    with socket.create_connection(("127.0.0.1", env.ports["echo"]), timeout=10) as s:
+        port = s.getsockname()[1]
+        # Say nothing: the 1s handshake_timeout in this config must close it.
+        assert s.recv(1024) == b""
+    record = env.ward.wait_for(mark, event="handshake_error", peer_addr=f"127.0.0.1:{port}")
+    assert record["reason"] == "handshake_timeout"
+
+
+def test_tls11_client_is_refused(env):
+    import ssl
+    ctx = context(env.certs, "web")
+    try:
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_1
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+        ctx.set_ciphers("ALL:@SECLEVEL=0")
+    except (ValueError, ssl.SSLError):  # pragma: no cover - depends on the local OpenSSL policy
+        pytest.skip("this Python cannot speak TLS 1.1")
+    mark = env.ward.mark()
+    out = exchange(env.ports["echo"], ctx)
+    assert out.data == b""
+    record = env.ward.wait_for(mark, event="handshake_error", peer_addr=f"127.0.0.1:{out.local_port}")
+    assert record["reason"] == "protocol_version"
