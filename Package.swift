@@ -50,7 +50,7 @@ let package = Package(
         .testTarget(name: "WardPolicyTests", dependencies: ["WardPolicy", "WardIdentity"]),
         .testTarget(
             name: "WardConfigTests",
-            dependencies: ["WardConfig", "WardPolicy", "WardTLS", "WardCore"]
+            dependencies: ["WardConfig", "WardPolicy", "WardIdentity"]
         ),
     ]
 )

@@ -1,0 +1,179 @@
+import Foundation
+import Testing
+import WardConfig
+import WardPolicy
+
+/// Config and rules errors, each reported as FILE:LINE with a message naming the problem.
+@Suite struct ConfigLoaderTests {
+    let folder: String
+
+    init() throws {
+        folder = NSTemporaryDirectory() + "ward-config-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+    }
+
+    static let validConfig = """
+        identity:
+          cert: certs/svid.pem
+          key: certs/svid.key
+        trust_domains:
+          example.org: certs/example.org.pem
+          partner.org: /etc/partner.pem
+        listeners:
+          - name: orders
+            listen: 127.0.0.1:8443
+            upstream: 127.0.0.1:8080
+          - name: admin
+            listen: "[::1]:9443"
+            upstream: localhost:9090
+        rules: rules.yaml
+        log: logs/connections.log
+        workers: 3
+        handshake_timeout: 500ms
+        idle_timeout: 5m
+
+        """
+
+    static let validRules = """
+        default: deny
+        rules:
+          - name: web-to-orders
+            action: allow
+            from: [spiffe://example.org/ns/prod/sa/web]
+            to: [orders]
+          - name: no-partner
+            action: deny
+            from:
+              - spiffe://partner.org/ns/prod/sa/billing
+            to: "*"
+
+        """
+
+    func write(config: String = validConfig, rules: String = validRules) throws -> String {
+        let path = folder + "/ward.yaml"
+        try config.write(toFile: path, atomically: true, encoding: .utf8)
+        try rules.write(toFile: folder + "/rules.yaml", atomically: true, encoding: .utf8)
+        return path
+    }
+
+    func problems(config: String = validConfig, rules: String = validRules) throws -> [String] {
+        switch ConfigLoader.load(path: try write(config: config, rules: rules)) {
+        case .success: return []
+        case .failure(let failure): return failure.problems.map(\.description)
+        }
+    }
+
+    @Test func loadsAValidConfig() throws {
+        let config = try ConfigLoader.load(path: try write()).get()
+        #expect(config.identityCert.path == folder + "/certs/svid.pem")
+        #expect(config.trustDomains.map(\.domain.name) == ["example.org", "partner.org"])
+        #expect(config.trustDomains[1].bundle.path == "/etc/partner.pem")
+        #expect(config.listeners.map(\.name) == ["orders", "admin"])
+        #expect(config.listeners[1].listen == HostPort(host: "::1", port: 9443))
+        #expect(config.logPath == folder + "/logs/connections.log")
+        #expect(config.workers == 3)
+        #expect(config.handshakeTimeout == .milliseconds(500))
+        #expect(config.idleTimeout == .seconds(300))
+        #expect(config.maxSVIDLifetime == .seconds(86_400))
+        #expect(config.rules.defaultAction == .deny)
+        #expect(config.rules.rules.map(\.name) == ["web-to-orders", "no-partner"])
+        #expect(config.rules.rules[1].to == .all)
+    }
+
+    @Test func unknownKeyIsReportedWithItsLine() throws {
+        let config = Self.validConfig.replacingOccurrences(of: "workers: 3", with: "wrokers: 3")
+        #expect(try problems(config: config) == ["\(folder)/ward.yaml:16: unknown key 'wrokers' in config (valid: handshake_timeout, identity, idle_timeout, listeners, log, max_svid_lifetime, rules, trust_domains, workers)"])
+    }
+
+    @Test func missingKeyIsReported() throws {
+        let config = Self.validConfig.replacingOccurrences(of: "  key: certs/svid.key\n", with: "")
+        let found = try problems(config: config)
+        #expect(found.count == 1)
+        #expect(found.first?.hasPrefix("\(folder)/ward.yaml:2: identity is missing required key 'key'") == true)
+    }
+
+    @Test func badYAMLNamesTheLine() throws {
+        let found = try problems(config: "identity:\n  cert: [unclosed\nlisteners: x\n")
+        #expect(found.count == 1)
+        #expect(found.first?.hasPrefix("\(folder)/ward.yaml:3: invalid YAML") == true)
+    }
+
+    @Test func badValuesAreEachReported() throws {
+        let config = Self.validConfig
+            .replacingOccurrences(of: "listen: 127.0.0.1:8443", with: "listen: 127.0.0.1")
+            .replacingOccurrences(of: "workers: 3", with: "workers: lots")
+            .replacingOccurrences(of: "idle_timeout: 5m", with: "idle_timeout: forever")
+            .replacingOccurrences(of: "Example.org", with: "x")
+        let found = try problems(config: config)
+        #expect(found.contains { $0.hasPrefix("\(folder)/ward.yaml:9: listen '127.0.0.1' must be HOST:PORT") })
+        #expect(found.contains("\(folder)/ward.yaml:16: workers must be 'auto' or a number from 1 to 256"))
+        #expect(found.contains("\(folder)/ward.yaml:18: idle_timeout must be a duration such as 500ms, 10s, 5m or 1h"))
+    }
+
+    @Test func duplicateListenerName() throws {
+        let config = Self.validConfig.replacingOccurrences(of: "name: admin", with: "name: orders")
+        #expect(try problems(config: config) == ["\(folder)/ward.yaml:11: duplicate listener name 'orders' (first at line 8)"])
+    }
+
+    @Test func invalidTrustDomainKey() throws {
+        let config = Self.validConfig.replacingOccurrences(of: "  partner.org:", with: "  Partner.org:")
+        let found = try problems(config: config)
+        #expect(found.first?.hasPrefix("\(folder)/ward.yaml:6: invalid trust domain 'Partner.org'") == true)
+    }
+
+    @Test func unreadableRulesFile() throws {
+        let path = try write()
+        try FileManager.default.removeItem(atPath: folder + "/rules.yaml")
+        guard case .failure(let failure) = ConfigLoader.load(path: path) else {
+            Issue.record("loaded without a rules file")
+            return
+        }
+        #expect(failure.problems.map(\.description) == ["\(folder)/rules.yaml: cannot read: No such file or directory"])
+    }
+
+    @Test func missingConfigFile() {
+        guard case .failure(let failure) = ConfigLoader.load(path: folder + "/absent.yaml") else {
+            Issue.record("loaded a missing file")
+            return
+        }
+        #expect(failure.problems.map(\.description) == ["\(folder)/absent.yaml: cannot read: No such file or directory"])
+    }
+
+    @Test func invalidSPIFFEIDInRuleNamesItsLine() throws {
+        let rules = Self.validRules.replacingOccurrences(of: "sa/billing", with: "sa/billing/")
+        #expect(try problems(rules: rules) == ["\(folder)/rules.yaml:10: invalid SPIFFE ID 'spiffe://partner.org/ns/prod/sa/billing/': path may not end with \"/\""])
+    }
+
+    @Test func unknownListenerInRule() throws {
+        let rules = Self.validRules.replacingOccurrences(of: "to: [orders]", with: "to: [orders, payments]")
+        #expect(try problems(rules: rules) == ["\(folder)/rules.yaml:6: unknown listener 'payments' (known: admin, orders)"])
+    }
+
+    @Test func duplicateRuleName() throws {
+        let rules = Self.validRules.replacingOccurrences(of: "name: no-partner", with: "name: web-to-orders")
+        #expect(try problems(rules: rules) == ["\(folder)/rules.yaml:7: duplicate rule name 'web-to-orders' (first at line 3)"])
+    }
+
+    @Test func unconfiguredTrustDomainInRule() throws {
+        let rules = Self.validRules.replacingOccurrences(of: "spiffe://partner.org", with: "spiffe://other.org")
+        #expect(try problems(rules: rules) == ["\(folder)/rules.yaml:10: trust domain 'other.org' of 'spiffe://other.org/ns/prod/sa/billing' is not in trust_domains"])
+    }
+
+    @Test func badActionAndUnknownRuleKey() throws {
+        let rules = Self.validRules
+            .replacingOccurrences(of: "action: allow", with: "action: permit")
+            .replacingOccurrences(of: "default: deny", with: "default: deny\nmode: audit")
+        let found = try problems(rules: rules)
+        #expect(found.contains("\(folder)/rules.yaml:5: action must be 'allow' or 'deny'"))
+        #expect(found.contains { $0.hasPrefix("\(folder)/rules.yaml:2: unknown key 'mode' in rules file") })
+    }
+
+    @Test func parsesHostPorts() {
+        #expect(HostPort(parsing: "127.0.0.1:80") == HostPort(host: "127.0.0.1", port: 80))
+        #expect(HostPort(parsing: "[::1]:443") == HostPort(host: "::1", port: 443))
+        #expect(HostPort(parsing: "localhost:8080") == HostPort(host: "localhost", port: 8080))
+        for bad in ["127.0.0.1", ":80", "host:0", "host:65536", "::1:80", "[::1]80", "host:http"] {
+            #expect(HostPort(parsing: bad) == nil, "\(bad)")
+        }
+    }
+}
