@@ -1,12 +1,13 @@
+internal import CLibevent
 import Glibc
 import WardConfig
 
 /// A resolved socket address, stored by value so the hot path never resolves names.
 public struct SocketAddress: Sendable, CustomStringConvertible {
     private var storage = sockaddr_storage()
-    public private(set) var length: socklen_t = 0
+    private(set) var length: socklen_t = 0
 
-    public var family: Int32 { Int32(storage.ss_family) }
+    var family: Int32 { Int32(storage.ss_family) }
 
     /// Resolves `hostPort` once (blocking `getaddrinfo`): call at load time only.
     public static func resolve(_ hostPort: HostPort) throws(SocketAddressError) -> SocketAddress {
@@ -43,6 +44,11 @@ public struct SocketAddress: Sendable, CustomStringConvertible {
         }
     }
 
+    private static func string(_ nulTerminated: [CChar]) -> String {
+        let bytes = nulTerminated.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
     /// `1.2.3.4:5` or `[::1]:5`.
     public var description: String {
         withUnsafeBytes(of: storage) { raw -> String in
@@ -51,12 +57,12 @@ public struct SocketAddress: Sendable, CustomStringConvertible {
                 let address = raw.load(as: sockaddr_in.self)
                 var ip = address.sin_addr
                 inet_ntop(AF_INET, &ip, &text, socklen_t(text.count))
-                return "\(String(cString: text)):\(UInt16(bigEndian: address.sin_port))"
+                return "\(Self.string(text)):\(UInt16(bigEndian: address.sin_port))"
             } else if family == AF_INET6 {
                 let address = raw.load(as: sockaddr_in6.self)
                 var ip = address.sin6_addr
                 inet_ntop(AF_INET6, &ip, &text, socklen_t(text.count))
-                return "[\(String(cString: text))]:\(UInt16(bigEndian: address.sin6_port))"
+                return "[\(Self.string(text))]:\(UInt16(bigEndian: address.sin6_port))"
             }
             return "unknown"
         }
