@@ -53,7 +53,8 @@ public enum ConfigLoader {
             }
             if domains.keys.isEmpty {
                 problems.append(
-                    ConfigProblem(file: path, line: node.line, message: "trust_domains must name at least one trust domain"))
+                    ConfigProblem(
+                        file: path, line: node.line, message: "trust_domains must name at least one trust domain"))
             }
         }
         trustDomains.sort { $0.domain < $1.domain }
@@ -76,7 +77,8 @@ public enum ConfigLoader {
                 workers = count
             } else {
                 problems.append(
-                    ConfigProblem(file: path, line: node.line, message: "workers must be 'auto' or a number from 1 to 256"))
+                    ConfigProblem(
+                        file: path, line: node.line, message: "workers must be 'auto' or a number from 1 to 256"))
             }
         }
 
@@ -139,13 +141,15 @@ public enum ConfigLoader {
             map.finish(in: "listener", problems: &problems)
             guard let name, let listen, let upstream else { continue }
             if name == "*" {
-                problems.append(ConfigProblem(file: file, line: nameNode?.line, message: "listener name '*' is reserved"))
+                problems.append(
+                    ConfigProblem(file: file, line: nameNode?.line, message: "listener name '*' is reserved"))
                 continue
             }
             if let first = lines[name] {
                 problems.append(
                     ConfigProblem(
-                        file: file, line: nameNode?.line, message: "duplicate listener name '\(name)' (first at line \(first))"))
+                        file: file, line: nameNode?.line,
+                        message: "duplicate listener name '\(name)' (first at line \(first))"))
                 continue
             }
             lines[name] = nameNode?.line ?? 0

@@ -63,7 +63,8 @@ public enum RulesLoader {
             } else if let first = seen[name] {
                 problems.append(
                     ConfigProblem(
-                        file: file, line: nameNode?.line, message: "duplicate rule name '\(name)' (first at line \(first))"))
+                        file: file, line: nameNode?.line,
+                        message: "duplicate rule name '\(name)' (first at line \(first))"))
             } else {
                 seen[name] = nameNode?.line ?? 0
             }
@@ -77,7 +78,8 @@ public enum RulesLoader {
             let items = node.stringList("from", file: file, problems: &problems)
         {
             if items.isEmpty {
-                problems.append(ConfigProblem(file: file, line: node.line, message: "from must name at least one SPIFFE ID"))
+                problems.append(
+                    ConfigProblem(file: file, line: node.line, message: "from must name at least one SPIFFE ID"))
             }
             for (text, line) in items {
                 do {
@@ -114,7 +116,9 @@ public enum RulesLoader {
                     problems.append(
                         ConfigProblem(
                             file: file, line: line,
-                            message: "unknown listener '\(listener)' (known: \(listeners.sorted().joined(separator: ", ")))"))
+                            message:
+                                "unknown listener '\(listener)' (known: \(listeners.sorted().joined(separator: ", ")))")
+                    )
                 }
                 selector = .named(items.map(\.0))
             }

@@ -159,7 +159,9 @@ final class Connection {
         // Hold client bytes until there is somewhere to put them.
         bufferevent_disable(client, Int16(EV_READ))
         let target = worker.snapshot.listeners[listenerIndex].upstream
-        let fd = socket(target.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let fd = socket(
+            target.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0
+        )
         guard fd >= 0, let bev = bufferevent_socket_new(worker.base, fd, Int32(BEV_OPT_CLOSE_ON_FREE.rawValue)) else {
             if fd >= 0 { Glibc.close(fd) }
             upstreamFailed(detail: errnoText())
@@ -212,7 +214,9 @@ final class Connection {
         bufferevent_enable(upstream, Int16(EV_READ | EV_WRITE))
         lastActivity = worker.nowMilliseconds
         event_del(timer)
-        var idle = timeval(tv_sec: Int(worker.idleTimeoutMilliseconds / 1000), tv_usec: Int(worker.idleTimeoutMilliseconds % 1000) * 1000)
+        var idle = timeval(
+            tv_sec: Int(worker.idleTimeoutMilliseconds / 1000),
+            tv_usec: Int(worker.idleTimeoutMilliseconds % 1000) * 1000)
         event_add(timer, &idle)
         if clientDone {
             // The client sent its request and closed its side before the upstream answered.

@@ -43,7 +43,8 @@ public enum SnapshotBuilder {
             do {
                 bundles.append(TrustBundle(trustDomain: domain, authorities: try Certificate.loadPEM(path: file.path)))
             } catch {
-                problems.append(ConfigProblem(file: file.path, line: nil, message: "trust bundle of \(domain): \(error)"))
+                problems.append(
+                    ConfigProblem(file: file.path, line: nil, message: "trust bundle of \(domain): \(error)"))
             }
         }
 
@@ -51,7 +52,8 @@ public enum SnapshotBuilder {
         do {
             chain = try Certificate.loadPEM(path: config.identityCert.path)
             if chain.isEmpty {
-                problems.append(ConfigProblem(file: config.identityCert.path, line: nil, message: "holds no certificate"))
+                problems.append(
+                    ConfigProblem(file: config.identityCert.path, line: nil, message: "holds no certificate"))
             }
         } catch {
             problems.append(ConfigProblem(file: config.identityCert.path, line: nil, message: "\(error)"))
@@ -77,7 +79,8 @@ public enum SnapshotBuilder {
                 switch verifier.verifyOwn(chain: chain) {
                 case .success(let id): ownID = id
                 case .failure(let error):
-                    problems.append(ConfigProblem(file: config.identityCert.path, line: nil, message: error.description))
+                    problems.append(
+                        ConfigProblem(file: config.identityCert.path, line: nil, message: error.description))
                 }
             } catch {
                 problems.append(ConfigProblem(file: config.configPath, line: nil, message: "\(error)"))
@@ -92,7 +95,8 @@ public enum SnapshotBuilder {
                         name: listener.name, listen: try SocketAddress.resolve(listener.listen),
                         upstream: try SocketAddress.resolve(listener.upstream)))
             } catch {
-                problems.append(ConfigProblem(file: config.configPath, line: nil, message: "listener \(listener.name): \(error)"))
+                problems.append(
+                    ConfigProblem(file: config.configPath, line: nil, message: "listener \(listener.name): \(error)"))
             }
         }
 
@@ -105,7 +109,8 @@ public enum SnapshotBuilder {
             // Proves the context builds (ciphers, key type) before anything listens.
             _ = try snapshot.makeTLSContext()
         } catch {
-            return .failure(ConfigProblems([ConfigProblem(file: config.identityCert.path, line: nil, message: "\(error)")]))
+            return .failure(
+                ConfigProblems([ConfigProblem(file: config.identityCert.path, line: nil, message: "\(error)")]))
         }
         return .success(snapshot)
     }

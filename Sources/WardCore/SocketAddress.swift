@@ -22,7 +22,8 @@ public struct SocketAddress: Sendable, CustomStringConvertible {
         defer { freeaddrinfo(results) }
         var address = SocketAddress()
         withUnsafeMutableBytes(of: &address.storage) { target in
-            target.copyMemory(from: UnsafeRawBufferPointer(start: first.pointee.ai_addr, count: Int(first.pointee.ai_addrlen)))
+            target.copyMemory(
+                from: UnsafeRawBufferPointer(start: first.pointee.ai_addr, count: Int(first.pointee.ai_addrlen)))
         }
         address.length = first.pointee.ai_addrlen
         return address
@@ -31,7 +32,9 @@ public struct SocketAddress: Sendable, CustomStringConvertible {
     /// Builds from what `accept` returned.
     init(_ pointer: UnsafePointer<sockaddr>, length: socklen_t) {
         withUnsafeMutableBytes(of: &storage) { target in
-            target.copyMemory(from: UnsafeRawBufferPointer(start: pointer, count: Int(min(length, socklen_t(MemoryLayout<sockaddr_storage>.size)))))
+            target.copyMemory(
+                from: UnsafeRawBufferPointer(
+                    start: pointer, count: Int(min(length, socklen_t(MemoryLayout<sockaddr_storage>.size)))))
         }
         self.length = length
     }

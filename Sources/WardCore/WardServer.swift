@@ -40,7 +40,8 @@ public final class WardServer {
 
         var workers: [Worker] = []
         for (index, workerSockets) in sockets.enumerated() {
-            workers.append(try Worker(index: index, snapshot: snapshot, sockets: workerSockets, log: log, logger: logger))
+            workers.append(
+                try Worker(index: index, snapshot: snapshot, sockets: workerSockets, log: log, logger: logger))
         }
         for worker in workers { worker.start() }
 

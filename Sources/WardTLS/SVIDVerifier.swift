@@ -59,7 +59,8 @@ public final class SVIDVerifier {
         }
         defer { X509_STORE_CTX_free(context) }
         guard X509_STORE_CTX_init(context, store, leaf, untrusted) == 1 else {
-            return refuse(check, .tlsError, X509_V_ERR_UNSPECIFIED, detail: OpenSSLError.drain("X509_STORE_CTX_init").description)
+            return refuse(
+                check, .tlsError, X509_V_ERR_UNSPECIFIED, detail: OpenSSLError.drain("X509_STORE_CTX_init").description)
         }
         if X509_verify_cert(context) == 1 { return nil }
         let error = X509_STORE_CTX_get_error(context)
@@ -81,7 +82,9 @@ public final class SVIDVerifier {
 
     /// Verifies Ward's own SVID chain at load time, in the server role.
     public func verifyOwn(chain: [Certificate]) -> Result<SPIFFEID, OwnSVIDError> {
-        guard let leaf = chain.first else { return .failure(OwnSVIDError(reason: .noClientCert, detail: "no certificate")) }
+        guard let leaf = chain.first else {
+            return .failure(OwnSVIDError(reason: .noClientCert, detail: "no certificate"))
+        }
         let check = PeerCheck()
         guard let untrusted = OPENSSL_sk_new_null() else {
             return .failure(OwnSVIDError(reason: .tlsError, detail: "out of memory"))

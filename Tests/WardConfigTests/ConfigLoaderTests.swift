@@ -82,7 +82,10 @@ import WardPolicy
 
     @Test func unknownKeyIsReportedWithItsLine() throws {
         let config = Self.validConfig.replacingOccurrences(of: "workers: 3", with: "wrokers: 3")
-        #expect(try problems(config: config) == ["\(folder)/ward.yaml:16: unknown key 'wrokers' in config (valid: handshake_timeout, identity, idle_timeout, listeners, log, max_svid_lifetime, rules, trust_domains, workers)"])
+        #expect(
+            try problems(config: config) == [
+                "\(folder)/ward.yaml:16: unknown key 'wrokers' in config (valid: handshake_timeout, identity, idle_timeout, listeners, log, max_svid_lifetime, rules, trust_domains, workers)"
+            ])
     }
 
     @Test func missingKeyIsReported() throws {
@@ -112,7 +115,10 @@ import WardPolicy
 
     @Test func duplicateListenerName() throws {
         let config = Self.validConfig.replacingOccurrences(of: "name: admin", with: "name: orders")
-        #expect(try problems(config: config) == ["\(folder)/ward.yaml:11: duplicate listener name 'orders' (first at line 8)"])
+        #expect(
+            try problems(config: config) == [
+                "\(folder)/ward.yaml:11: duplicate listener name 'orders' (first at line 8)"
+            ])
     }
 
     @Test func invalidTrustDomainKey() throws {
@@ -136,27 +142,39 @@ import WardPolicy
             Issue.record("loaded a missing file")
             return
         }
-        #expect(failure.problems.map(\.description) == ["\(folder)/absent.yaml: cannot read: No such file or directory"])
+        #expect(
+            failure.problems.map(\.description) == ["\(folder)/absent.yaml: cannot read: No such file or directory"])
     }
 
     @Test func invalidSPIFFEIDInRuleNamesItsLine() throws {
         let rules = Self.validRules.replacingOccurrences(of: "sa/billing", with: "sa/billing/")
-        #expect(try problems(rules: rules) == ["\(folder)/rules.yaml:10: invalid SPIFFE ID 'spiffe://partner.org/ns/prod/sa/billing/': path may not end with \"/\""])
+        #expect(
+            try problems(rules: rules) == [
+                "\(folder)/rules.yaml:10: invalid SPIFFE ID 'spiffe://partner.org/ns/prod/sa/billing/': path may not end with \"/\""
+            ])
     }
 
     @Test func unknownListenerInRule() throws {
         let rules = Self.validRules.replacingOccurrences(of: "to: [orders]", with: "to: [orders, payments]")
-        #expect(try problems(rules: rules) == ["\(folder)/rules.yaml:6: unknown listener 'payments' (known: admin, orders)"])
+        #expect(
+            try problems(rules: rules) == ["\(folder)/rules.yaml:6: unknown listener 'payments' (known: admin, orders)"]
+        )
     }
 
     @Test func duplicateRuleName() throws {
         let rules = Self.validRules.replacingOccurrences(of: "name: no-partner", with: "name: web-to-orders")
-        #expect(try problems(rules: rules) == ["\(folder)/rules.yaml:7: duplicate rule name 'web-to-orders' (first at line 3)"])
+        #expect(
+            try problems(rules: rules) == [
+                "\(folder)/rules.yaml:7: duplicate rule name 'web-to-orders' (first at line 3)"
+            ])
     }
 
     @Test func unconfiguredTrustDomainInRule() throws {
         let rules = Self.validRules.replacingOccurrences(of: "spiffe://partner.org", with: "spiffe://other.org")
-        #expect(try problems(rules: rules) == ["\(folder)/rules.yaml:10: trust domain 'other.org' of 'spiffe://other.org/ns/prod/sa/billing' is not in trust_domains"])
+        #expect(
+            try problems(rules: rules) == [
+                "\(folder)/rules.yaml:10: trust domain 'other.org' of 'spiffe://other.org/ns/prod/sa/billing' is not in trust_domains"
+            ])
     }
 
     @Test func badActionAndUnknownRuleKey() throws {

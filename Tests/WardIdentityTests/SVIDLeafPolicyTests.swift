@@ -10,7 +10,8 @@ import WardIdentity
         uris: [String]? = nil, isCA: Bool = false, keyUsage: SVIDLeaf.KeyUsage? = [.digitalSignature],
         eku: SVIDLeaf.ExtendedKeyUsage? = [.clientAuth, .serverAuth], lifetime: Int64 = 3600
     ) -> SVIDLeaf {
-        SVIDLeaf(uriSANs: uris ?? [id], isCA: isCA, keyUsage: keyUsage, extendedKeyUsage: eku, lifetimeSeconds: lifetime)
+        SVIDLeaf(
+            uriSANs: uris ?? [id], isCA: isCA, keyUsage: keyUsage, extendedKeyUsage: eku, lifetimeSeconds: lifetime)
     }
 
     @Test func acceptsAValidLeaf() throws {
