@@ -93,6 +93,8 @@ public enum ConfigLoader {
         let handshakeTimeout = duration("handshake_timeout", default: WardConfiguration.defaultHandshakeTimeout)
         let idleTimeout = duration("idle_timeout", default: WardConfiguration.defaultIdleTimeout)
         let maxLifetime = duration("max_svid_lifetime", default: WardConfiguration.defaultMaxSVIDLifetime)
+        let connectTimeout = duration(
+            "upstream_connect_timeout", default: WardConfiguration.defaultUpstreamConnectTimeout)
         top.finish(in: "config", problems: &problems)
 
         var rules: RuleSource?
@@ -107,7 +109,7 @@ public enum ConfigLoader {
             configPath: path, identityCert: identityCert, identityKey: identityKey,
             trustDomains: trustDomains, listeners: listeners, rulesFile: rulesFile, rules: rules,
             logPath: logPath, workers: workers, handshakeTimeout: handshakeTimeout,
-            idleTimeout: idleTimeout, maxSVIDLifetime: maxLifetime)
+            idleTimeout: idleTimeout, upstreamConnectTimeout: connectTimeout, maxSVIDLifetime: maxLifetime)
     }
 
     private static func readListeners(_ node: Node, file: String, problems: inout [ConfigProblem])

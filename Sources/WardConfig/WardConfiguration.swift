@@ -65,9 +65,11 @@ public struct WardConfiguration: Sendable {
     public var workers: Int?
     public var handshakeTimeout: Duration
     public var idleTimeout: Duration
+    public var upstreamConnectTimeout: Duration
     public var maxSVIDLifetime: Duration
 
     public static let defaultHandshakeTimeout = Duration.seconds(10)
     public static let defaultIdleTimeout = Duration.seconds(3600)
+    public static let defaultUpstreamConnectTimeout = Duration.seconds(5)
     public static let defaultMaxSVIDLifetime = Duration.seconds(24 * 3600)
 }

@@ -1,3 +1,4 @@
+import Foundation
 import WardConfig
 import WardIdentity
 import WardPolicy
@@ -84,6 +85,16 @@ public enum SnapshotBuilder {
                 }
             } catch {
                 problems.append(ConfigProblem(file: config.configPath, line: nil, message: "\(error)"))
+            }
+        }
+
+        if config.logPath != "-" {
+            let folder = (config.logPath as NSString).deletingLastPathComponent
+            if access(folder.isEmpty ? "." : folder, W_OK) != 0 {
+                problems.append(
+                    ConfigProblem(
+                        file: config.logPath, line: nil,
+                        message: "cannot write the connection log: \(String(cString: strerror(errno))) (\(folder))"))
             }
         }
 

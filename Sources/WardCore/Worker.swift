@@ -40,7 +40,7 @@ final class Worker: @unchecked Sendable {
         self.tls = try snapshot.makeTLSContext()
         self.handshakeTimeout = timeval(duration: snapshot.config.handshakeTimeout)
         self.idleTimeoutMilliseconds = snapshot.config.idleTimeout.milliseconds
-        self.upstreamConnectTimeout = timeval(tv_sec: 5, tv_usec: 0)
+        self.upstreamConnectTimeout = timeval(duration: snapshot.config.upstreamConnectTimeout)
         let context = Unmanaged.passUnretained(self).toOpaque()
         for (listenerIndex, fd) in sockets.enumerated() {
             // The listener context packs the worker and the listener index; the worker outlives it.
@@ -97,6 +97,27 @@ final class Worker: @unchecked Sendable {
         connection.start(fd: fd)
     }
 
+    /// Accept failed (EMFILE, ENFILE, ENOMEM, ...): the pending connection stays queued, so a
+    /// level-triggered listener would spin. Pause this listener and retry shortly.
+    fileprivate func pauseAccepting(_ box: ListenerContext, error: Int32) {
+        guard box.listenerIndex < listeners.count else { return }
+        evconnlistener_disable(listeners[box.listenerIndex])
+        writeDiagnostic(
+            "ward: worker \(index) listener \(snapshot.listeners[box.listenerIndex].name): accept failed: "
+                + "\(String(cString: strerror(error))); pausing accepts for 100ms\n")
+        var pause = Self.acceptRetryDelay
+        event_base_once(
+            base, -1, Int16(EV_TIMEOUT), resumeAcceptingCallback, Unmanaged.passUnretained(box).toOpaque(), &pause)
+    }
+
+    fileprivate func resumeAccepting(_ box: ListenerContext) {
+        // After shutdown the listeners are gone; nothing to resume.
+        guard box.listenerIndex < listeners.count else { return }
+        evconnlistener_enable(listeners[box.listenerIndex])
+    }
+
+    static let acceptRetryDelay = timeval(tv_sec: 0, tv_usec: 100_000)
+
     /// The loop's cached clock, in milliseconds; no system call.
     var nowMilliseconds: Int64 {
         var time = timeval()
@@ -133,9 +154,18 @@ private let acceptCallback:
             box.worker.accept(fd: fd, address: address, length: length, listenerIndex: box.listenerIndex)
         }
 
-private let acceptErrorCallback: @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?) -> Void = { _, context in
-    // EMFILE and friends: libevent keeps the listener; log once per error, do not spin.
-    writeDiagnostic("ward: accept failed: \(String(cString: strerror(errno)))\n")
+private let acceptErrorCallback: @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?) -> Void = {
+    _, context in
+    guard let context else { return }
+    let box = Unmanaged<ListenerContext>.fromOpaque(context).takeUnretainedValue()
+    box.worker.pauseAccepting(box, error: errno)
+}
+
+private let resumeAcceptingCallback: @convention(c) (Int32, Int16, UnsafeMutableRawPointer?) -> Void = {
+    _, _, context in
+    guard let context else { return }
+    let box = Unmanaged<ListenerContext>.fromOpaque(context).takeUnretainedValue()
+    box.worker.resumeAccepting(box)
 }
 
 private let stopCallback: @convention(c) (Int32, Int16, UnsafeMutableRawPointer?) -> Void = {
