@@ -50,6 +50,9 @@ final class Connection {
     private var bytesIn: Int64 = 0
     private var bytesOut: Int64 = 0
     private var clientDone = false
+    /// Reading from this side is stopped until the other side drains (backpressure).
+    private var clientPaused = false
+    private var upstreamPaused = false
     private var upstreamDone = false
     /// Who closed first; decides `close_cause` when the other side follows.
     private var firstCloser: CloseCause?
@@ -69,10 +72,12 @@ final class Connection {
     private var listenerName: String { worker.snapshot.listeners[listenerIndex].name }
 
     func start(fd: Int32) {
-        guard let ssl = worker.tls.makeSession(check: check),
+        let ssl = worker.tls.makeSession(check: check)
+        guard let ssl,
             let bev = bufferevent_openssl_socket_new(
                 worker.base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING, Int32(BEV_OPT_CLOSE_ON_FREE.rawValue))
         else {
+            if let ssl { SSL_free(ssl) }
             Glibc.close(fd)
             failHandshake(.tlsError, detail: "cannot allocate TLS session")
             return
@@ -251,6 +256,7 @@ final class Connection {
         lastActivity = worker.nowMilliseconds
         if evbuffer_get_length(output) >= Self.highWatermark {
             bufferevent_disable(source, Int16(EV_READ))
+            if toUpstream { clientPaused = true } else { upstreamPaused = true }
         }
     }
 
@@ -258,9 +264,19 @@ final class Connection {
     fileprivate func drained(toUpstream: Bool) {
         guard state == .forwarding else { return }
         if toUpstream {
-            if clientDone { shutDownUpstreamWriteIfDrained() } else { bufferevent_enable(client, Int16(EV_READ)) }
+            if clientDone {
+                shutDownUpstreamWriteIfDrained()
+            } else if clientPaused {
+                clientPaused = false
+                bufferevent_enable(client, Int16(EV_READ))
+            }
         } else {
-            if upstreamDone { closeIfClientDrained() } else { bufferevent_enable(upstream, Int16(EV_READ)) }
+            if upstreamDone {
+                closeIfClientDrained()
+            } else if upstreamPaused {
+                upstreamPaused = false
+                bufferevent_enable(upstream, Int16(EV_READ))
+            }
         }
     }
 

@@ -50,6 +50,7 @@ public final class WardServer {
 
         waitForTerminationSignal()
         logger.info("shutting down: closing listeners, then connections")
+        for worker in workers { worker.closeListenersAndWait() }
         for worker in workers { worker.stopAndWait() }
         log.close()
         logger.info("stopped")

@@ -29,6 +29,8 @@ final class Worker: @unchecked Sendable {
     var connections: [UInt64: Connection] = [:]
     private var stopEvent: OpaquePointer?
     private let stopped = DispatchSemaphore(value: 0)
+    private var closeListenersEvent: OpaquePointer?
+    private let listenersClosed = DispatchSemaphore(value: 0)
 
     init(index: Int, snapshot: RuntimeSnapshot, sockets: [Int32], log: ConnectionLog, logger: Logger) throws {
         guard let base = event_base_new() else { throw WorkerError(message: "event_base_new failed") }
@@ -55,12 +57,14 @@ final class Worker: @unchecked Sendable {
             listeners.append(listener)
         }
         stopEvent = event_new(base, -1, Int16(EV_PERSIST), stopCallback, context)
+        closeListenersEvent = event_new(base, -1, Int16(EV_PERSIST), closeListenersCallback, context)
     }
 
     private var listenerContexts: [ListenerContext] = []
 
     deinit {
         if let stopEvent { event_free(stopEvent) }
+        if let closeListenersEvent { event_free(closeListenersEvent) }
         event_base_free(base)
     }
 
@@ -79,7 +83,20 @@ final class Worker: @unchecked Sendable {
         stopped.wait()
     }
 
-    /// On the worker thread: stop accepting first, then close every connection cleanly.
+    /// Frees this worker's listeners (from any thread) and waits until it has. Shutdown calls
+    /// it on every worker before stopping any, so no open listener is left without a loop.
+    func closeListenersAndWait() {
+        event_active(closeListenersEvent, EV_READ, 0)
+        listenersClosed.wait()
+    }
+
+    fileprivate func closeListeners() {
+        for listener in listeners { evconnlistener_free(listener) }
+        listeners.removeAll()
+        listenersClosed.signal()
+    }
+
+    /// On the worker thread: close every connection cleanly (close_notify), then leave the loop.
     fileprivate func shutDown() {
         for listener in listeners { evconnlistener_free(listener) }
         listeners.removeAll()
@@ -166,6 +183,12 @@ private let resumeAcceptingCallback: @convention(c) (Int32, Int16, UnsafeMutable
     guard let context else { return }
     let box = Unmanaged<ListenerContext>.fromOpaque(context).takeUnretainedValue()
     box.worker.resumeAccepting(box)
+}
+
+private let closeListenersCallback: @convention(c) (Int32, Int16, UnsafeMutableRawPointer?) -> Void = {
+    _, _, context in
+    guard let context else { return }
+    Unmanaged<Worker>.fromOpaque(context).takeUnretainedValue().closeListeners()
 }
 
 private let stopCallback: @convention(c) (Int32, Int16, UnsafeMutableRawPointer?) -> Void = {

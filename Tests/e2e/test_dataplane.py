@@ -4,6 +4,7 @@ import os
 import subprocess
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from clients import context, exchange, half_close_exchange
 
@@ -19,9 +20,8 @@ def test_allowed_python_client_reaches_upstream(env):
     assert allow["rule"] == "web-everywhere"
     assert allow["listener"] == "echo"
     assert allow["tls_version"] == "TLSv1.3"
-    assert allow["cert_sha256"] == hashlib.sha256(
-        env.certs["web"].cert.public_bytes(__import__("cryptography").hazmat.primitives.serialization.Encoding.DER)
-    ).hexdigest()
+    der = env.certs["web"].cert.public_bytes(Encoding.DER)
+    assert allow["cert_sha256"] == hashlib.sha256(der).hexdigest()
     serial = format(env.certs["web"].cert.serial_number, "X")
     assert allow["cert_serial"] == serial.zfill(len(serial) + len(serial) % 2)  # whole bytes, as openssl prints
     close = env.ward.wait_for(mark, event="close", conn=allow["conn"])
