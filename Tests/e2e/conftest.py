@@ -1,7 +1,6 @@
 import datetime
 import http.server
 import os
-import threading
 
 import pytest
 
@@ -29,14 +28,10 @@ class HTTPUpstream:
             def log_message(self, *args):
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.port = harness.serve(http.server.ThreadingHTTPServer, Handler)
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        harness.stop(self.server)
 
 
 class Env:

@@ -61,15 +61,23 @@ class Upstream:
                             break
                         conn.sendall(chunk)
 
-        socketserver.ThreadingTCPServer.allow_reuse_address = True
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.port = serve(socketserver.ThreadingTCPServer, Handler)
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        stop(self.server)
+
+
+def serve(server_class, handler):
+    """Starts a threaded loopback server on a free port; returns it and the port."""
+    server = server_class(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, server.server_address[1]
+
+
+def stop(server):
+    server.shutdown()
+    server.server_close()
 
 
 class Ward:

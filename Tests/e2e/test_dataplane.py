@@ -1,6 +1,8 @@
 """End to end: the built ward, real TLS clients, real upstreams on loopback. One scenario each."""
 import hashlib
 import os
+import socket
+import ssl
 import subprocess
 
 import pytest
@@ -60,7 +62,6 @@ def test_rsa_svid_is_allowed(env):
 
 
 def test_tls12_client_is_allowed(env):
-    import ssl
     out = exchange(env.ports["echo"], context(env.certs, "web", maximum_version=ssl.TLSVersion.TLSv1_2), b"v12\n")
     assert out.data == b"echo: v12\n", out.error
 
@@ -160,11 +161,16 @@ def test_upstream_down_closes_client_and_logs_reason(env):
     assert close["close_cause"] == "error"
 
 
+def raw_connection(env):
+    """A plain TCP connection to the echo listener, and its local port for matching log lines."""
+    s = socket.create_connection(("127.0.0.1", env.ports["echo"]), timeout=10)
+    return s, s.getsockname()[1]
+
+
 def test_plain_text_client_gets_tls_error(env):
-    import socket
     mark = env.ward.mark()
-    with socket.create_connection(("127.0.0.1", env.ports["echo"]), timeout=10) as s:
-        port = s.getsockname()[1]
+    s, port = raw_connection(env)
+    with s:
         s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         try:
             reply = s.recv(1024)
@@ -177,10 +183,9 @@ def test_plain_text_client_gets_tls_error(env):
 
 
 def test_stalled_handshake_times_out(env):
-    import socket
     mark = env.ward.mark()
-    with socket.create_connection(("127.0.0.1", env.ports["echo"]), timeout=10) as s:
-        port = s.getsockname()[1]
+    s, port = raw_connection(env)
+    with s:
         # Say nothing: the 1s handshake_timeout in this config must close it.
         assert s.recv(1024) == b""
     record = env.ward.wait_for(mark, event="handshake_error", peer_addr=f"127.0.0.1:{port}")
@@ -188,7 +193,6 @@ def test_stalled_handshake_times_out(env):
 
 
 def test_tls11_client_is_refused(env):
-    import ssl
     ctx = context(env.certs, "web")
     try:
         ctx.minimum_version = ssl.TLSVersion.TLSv1_1
