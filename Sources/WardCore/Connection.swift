@@ -37,6 +37,7 @@ final class Connection {
     unowned let worker: Worker
     let listenerIndex: Int
     let peerAddress: String
+    let peerIP: IPAddress?
     let check = PeerCheck()
     private(set) var state = State.handshaking
     private var client: OpaquePointer?
@@ -59,7 +60,8 @@ final class Connection {
     private var closeReason: ReasonCode?
     private var closeDetail: String?
 
-    init(id: UInt64, worker: Worker, listenerIndex: Int, peerAddress: String) {
+    init(id: UInt64, worker: Worker, listenerIndex: Int, peerAddress: String, peerIP: IPAddress?) {
+        self.peerIP = peerIP
         self.id = id
         self.worker = worker
         self.listenerIndex = listenerIndex
@@ -136,16 +138,23 @@ final class Connection {
         }
         tlsVersion = String(cString: SSL_get_version(ssl))
         if let current = SSL_get_current_cipher(ssl) { cipher = String(cString: SSL_CIPHER_get_name(current)) }
-        let decision = worker.snapshot.ruleSet.decide(peer: peer, listenerIndex: listenerIndex)
+        let now = worker.now
+        let context = DecisionContext(
+            address: peerIP, minuteOfDay: Int(now.tv_sec % 86_400) / 60, svidLifetimeSeconds: check.lifetimeSeconds)
+        let decision = worker.snapshot.ruleSet.decide(peer: peer, listenerIndex: listenerIndex, context: context)
         self.decision = decision
-        guard decision.isAllowed else {
+        if decision.isAllowed {
+            worker.log.append(record("allow").finish())
+        } else {
             var line = record("deny")
             line.add("reason", ReasonCode.ruleDenied.rawValue)
+            line.add("enforced", decision.enforced)
             worker.log.append(line.finish())
+        }
+        guard decision.letsThrough else {
             sendCloseNotifyAndRelease()
             return
         }
-        worker.log.append(record("allow").finish())
         connectUpstream()
     }
 

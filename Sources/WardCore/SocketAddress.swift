@@ -1,6 +1,7 @@
 internal import CLibevent
 import Glibc
 import WardConfig
+import WardPolicy
 
 /// A resolved socket address, stored by value so the hot path never resolves names.
 public struct SocketAddress: Sendable, CustomStringConvertible {
@@ -50,6 +51,24 @@ public struct SocketAddress: Sendable, CustomStringConvertible {
     private static func string(_ nulTerminated: [CChar]) -> String {
         let bytes = nulTerminated.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
         return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// The address for `when.source` conditions (IPv4-mapped IPv6 folds to IPv4).
+    var ipAddress: IPAddress? {
+        withUnsafeBytes(of: storage) { raw -> IPAddress? in
+            if family == AF_INET {
+                let bytes = raw.load(as: sockaddr_in.self).sin_addr.s_addr  // network order in memory
+                return withUnsafeBytes(of: bytes) { IPAddress(ipv4: ($0[0], $0[1], $0[2], $0[3])) }
+            } else if family == AF_INET6 {
+                let address = raw.load(as: sockaddr_in6.self).sin6_addr
+                return withUnsafeBytes(of: address) { octets in
+                    let high = octets.prefix(8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+                    let low = octets.suffix(8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+                    return IPAddress(high: high, low: low)
+                }
+            }
+            return nil
+        }
     }
 
     /// `1.2.3.4:5` or `[::1]:5`.

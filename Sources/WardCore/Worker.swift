@@ -109,7 +109,8 @@ final class Worker: @unchecked Sendable {
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
         let id = connectionIDs.wrappingAdd(1, ordering: .relaxed).newValue
         let peer = SocketAddress(address, length: socklen_t(length))
-        let connection = Connection(id: id, worker: self, listenerIndex: listenerIndex, peerAddress: peer.description)
+        let connection = Connection(
+            id: id, worker: self, listenerIndex: listenerIndex, peerAddress: peer.description, peerIP: peer.ipAddress)
         connections[id] = connection
         connection.start(fd: fd)
     }

@@ -11,12 +11,12 @@ public struct SPIFFEID: Hashable, Sendable, CustomStringConvertible {
     public let description: String
     public let trustDomain: TrustDomain
     /// Offset of the path in `description`'s UTF-8 view; equals its length for a trust domain's own ID.
-    private let pathStart: Int
+    public let pathOffset: Int
 
     /// The path (`/a/b`), or empty for the trust domain's own ID.
     public var path: Substring {
         let utf8 = description.utf8
-        return Substring(utf8[utf8.index(utf8.startIndex, offsetBy: pathStart)...])
+        return Substring(utf8[utf8.index(utf8.startIndex, offsetBy: pathOffset)...])
     }
 
     /// The path's segments, in order.
@@ -25,7 +25,7 @@ public struct SPIFFEID: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// True for an ID that names a workload rather than the trust domain itself.
-    public var hasPath: Bool { pathStart < description.utf8.count }
+    public var hasPath: Bool { pathOffset < description.utf8.count }
 
     public init(parsing text: String) throws(SPIFFEIDError) {
         let bytes = text.utf8
@@ -50,7 +50,7 @@ public struct SPIFFEID: Hashable, Sendable, CustomStringConvertible {
 
         self.description = text
         self.trustDomain = TrustDomain(unchecked: String(Substring(bytes[domainStart..<index])))
-        self.pathStart = pathOffset
+        self.pathOffset = pathOffset
     }
 
     private static func validatePath(_ path: Substring.UTF8View) throws(SPIFFEIDError) {
@@ -127,4 +127,24 @@ extension SPIFFEID {
     // The trust domain and path offset derive from the text, so the text alone decides equality.
     public static func == (lhs: SPIFFEID, rhs: SPIFFEID) -> Bool { lhs.description == rhs.description }
     public func hash(into hasher: inout Hasher) { hasher.combine(description) }
+}
+
+extension SPIFFEID {
+    /// Calls `body` with each path segment in order, without allocating; stops when it returns false.
+    @inlinable
+    public func forEachSegment(_ body: (Substring) -> Bool) {
+        let utf8 = description.utf8
+        var start = utf8.index(utf8.startIndex, offsetBy: pathOffset)
+        guard start != utf8.endIndex else { return }
+        start = utf8.index(after: start)
+        var cursor = start
+        while cursor != utf8.endIndex {
+            if utf8[cursor] == UInt8(ascii: "/") {
+                if !body(Substring(utf8[start..<cursor])) { return }
+                start = utf8.index(after: cursor)
+            }
+            cursor = utf8.index(after: cursor)
+        }
+        _ = body(Substring(utf8[start..<cursor]))
+    }
 }

@@ -3,13 +3,19 @@
 public struct Decision: Sendable, Equatable {
     public static let defaultRuleName = "default"
 
+    /// What the deciding rule says.
     public var action: RuleAction
     public var rule: String
+    /// False for a deny in audit mode: logged, not carried out.
+    public var enforced: Bool
 
-    public init(action: RuleAction, rule: String) {
+    public init(action: RuleAction, rule: String, enforced: Bool = true) {
         self.action = action
         self.rule = rule
+        self.enforced = enforced
     }
 
     public var isAllowed: Bool { action == .allow }
+    /// Whether the connection goes through: an allow, or a deny that is only audited.
+    public var letsThrough: Bool { action == .allow || !enforced }
 }

@@ -11,6 +11,8 @@ public final class PeerCheck {
     public var serialHex: String?
     public var sha256Hex: String?
     public var notAfter: Int64?
+    /// notAfter − notBefore of the leaf, in seconds.
+    public var lifetimeSeconds: Int64 = 0
     /// Whether the verify callback ran at all (it does not when the peer sent no certificate).
     public var sawCertificate = false
 
@@ -24,6 +26,7 @@ public final class PeerCheck {
         serialHex = nil
         sha256Hex = nil
         notAfter = nil
+        lifetimeSeconds = 0
         sawCertificate = false
     }
 }

@@ -35,6 +35,7 @@ public final class SVIDVerifier {
         check.sha256Hex = certificate.sha256Hex
         check.notAfter = certificate.notAfter
         let facts = certificate.svidLeaf
+        check.lifetimeSeconds = facts.lifetimeSeconds
 
         let id: SPIFFEID
         switch policy.identity(of: facts) {

@@ -150,7 +150,7 @@ import WardPolicy
         let rules = Self.validRules.replacingOccurrences(of: "sa/billing", with: "sa/billing/")
         #expect(
             try problems(rules: rules) == [
-                "\(folder)/rules.yaml:10: invalid SPIFFE ID 'spiffe://partner.org/ns/prod/sa/billing/': path may not end with \"/\""
+                "\(folder)/rules.yaml:10: invalid pattern 'spiffe://partner.org/ns/prod/sa/billing/': path may not end with \"/\""
             ])
     }
 
@@ -180,10 +180,10 @@ import WardPolicy
     @Test func badActionAndUnknownRuleKey() throws {
         let rules = Self.validRules
             .replacingOccurrences(of: "action: allow", with: "action: permit")
-            .replacingOccurrences(of: "default: deny", with: "default: deny\nmode: audit")
+            .replacingOccurrences(of: "default: deny", with: "default: deny\nmodes: audit")
         let found = try problems(rules: rules)
         #expect(found.contains("\(folder)/rules.yaml:5: action must be 'allow' or 'deny'"))
-        #expect(found.contains { $0.hasPrefix("\(folder)/rules.yaml:2: unknown key 'mode' in rules file") })
+        #expect(found.contains { $0.hasPrefix("\(folder)/rules.yaml:2: unknown key 'modes' in rules file") })
     }
 
     @Test func parsesHostPorts() {

@@ -45,7 +45,7 @@ def test_check_lists_every_problem_with_file_and_line(certs, tmp_path):
     assert out.returncode == 1
     rules_path = os.path.join(str(tmp_path), "rules.yaml")
     lines = out.stdout.splitlines()
-    assert f"{rules_path}:5: invalid SPIFFE ID 'spiffe://example.org/x/': path may not end with \"/\"" in lines
+    assert f"{rules_path}:5: invalid pattern 'spiffe://example.org/x/': path may not end with \"/\"" in lines
     assert f"{rules_path}:6: unknown listener 'nope' (known: svc)" in lines
     assert f"{rules_path}:7: duplicate rule name 'a' (first at line 3)" in lines
     assert len(lines) == 3
