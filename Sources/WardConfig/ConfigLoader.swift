@@ -155,7 +155,10 @@ public enum ConfigLoader {
                 continue
             }
             lines[name] = nameNode?.line ?? 0
-            listeners.append(ListenerConfig(name: name, listen: listen, upstream: upstream))
+            listeners.append(
+                ListenerConfig(
+                    name: name, listen: listen, upstream: upstream,
+                    location: SourceLocation(file: file, line: nameNode?.line ?? item.line)))
         }
         return listeners
     }

@@ -1,6 +1,6 @@
 /// Parses the durations the config accepts: an integer followed by ms, s, m, h or d (`10s`, `1h`).
-enum DurationParser {
-    static func parse(_ text: String) -> Duration? {
+public enum DurationParser {
+    public static func parse(_ text: String) -> Duration? {
         let units: [(suffix: String, milliseconds: Int64)] = [
             ("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000), ("d", 86_400_000),
         ]

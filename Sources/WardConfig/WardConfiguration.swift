@@ -38,6 +38,8 @@ public struct ListenerConfig: Sendable, Equatable {
     public var name: String
     public var listen: HostPort
     public var upstream: HostPort
+    /// Where the listener is written, for warnings about it.
+    public var location: SourceLocation
 }
 
 /// A file the config points at, with the path to open and the path to name in problems.

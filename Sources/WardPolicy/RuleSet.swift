@@ -26,6 +26,12 @@ public final class RuleSet: Sendable {
         return decision(winner: winner.map { Int($0.rule) })
     }
 
+    func forEachCandidate(
+        covering pattern: IdentityPattern, listenerIndex: Int, _ visit: (_ rule: Int, _ conditional: Bool) -> Void
+    ) {
+        tables[listenerIndex].forEachCandidate(covering: pattern) { visit(Int($0.rule), $0.conditional) }
+    }
+
     func decision(winner: Int?) -> Decision {
         guard let winner else {
             return Decision(
@@ -184,6 +190,36 @@ struct ListenerTable: Sendable {
                 walk(current.star, utf8, next, &best, rules, context)
             }
         }
+    }
+
+    /// Calls `visit` with every candidate whose pattern covers `pattern` (matches every ID it
+    /// matches). For `ward check`; walks the trie once, like a lookup.
+    func forEachCandidate(covering pattern: IdentityPattern, _ visit: (Candidate) -> Void) {
+        if pattern.isExact, let id = try? SPIFFEID(parsing: pattern.description), let range = exact[id] {
+            visitAll(range, visit)
+        }
+        guard let root = roots[pattern.trustDomain] else { return }
+        walkCovering(root, pattern, 0, visit)
+    }
+
+    private func walkCovering(
+        _ node: Int32, _ pattern: IdentityPattern, _ depth: Int, _ visit: (Candidate) -> Void
+    ) {
+        let current = nodes[Int(node)]
+        if depth == pattern.segments.count {
+            // `**` here needs at least one more segment: it covers only a pattern that has one too.
+            visitAll(pattern.matchesDescendants ? current.below : current.here, visit)
+            return
+        }
+        visitAll(current.below, visit)
+        if case .literal(let text) = pattern.segments[depth], let child = current.literals[text] {
+            walkCovering(child, pattern, depth + 1, visit)
+        }
+        if current.star >= 0 { walkCovering(current.star, pattern, depth + 1, visit) }
+    }
+
+    private func visitAll(_ range: CandidateRange, _ visit: (Candidate) -> Void) {
+        for index in Int(range.start)..<Int(range.start + range.count) { visit(candidates[index]) }
     }
 
     private func consider(

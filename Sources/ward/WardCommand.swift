@@ -12,7 +12,7 @@ struct WardCommand: ParsableCommand {
         commandName: "ward",
         abstract: "An mTLS reverse proxy that enforces SPIFFE workload identity.",
         version: version,
-        subcommands: [Run.self, Check.self]
+        subcommands: [Run.self, Check.self, Explain.self]
     )
 }
 
@@ -56,10 +56,14 @@ extension WardCommand {
             switch SnapshotBuilder.load(configPath: options.config) {
             case .success(let snapshot):
                 let config = snapshot.config
+                // Warnings do not fail the check: they are legal rules that are likely mistakes.
+                let warnings = snapshot.ruleSet.warnings(listenerLocations: config.listeners.map(\.location))
+                for warning in warnings { print(warning) }
                 print(
                     "\(options.config): OK: \(config.listeners.count) listener(s), "
                         + "\(config.trustDomains.count) trust domain(s), \(snapshot.ruleSet.ruleCount) rule(s), "
-                        + "default \(config.rules.defaultAction.rawValue), identity \(snapshot.ownID)")
+                        + "default \(config.rules.defaultAction.rawValue), identity \(snapshot.ownID)"
+                        + (warnings.isEmpty ? "" : ", \(warnings.count) warning(s)"))
             case .failure(let problems):
                 for problem in problems.problems { print(problem) }
                 throw ExitCode(1)

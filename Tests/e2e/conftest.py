@@ -54,6 +54,7 @@ def certs(tmp_path_factory):
         "web": (example, [web], {}),
         "web_rsa": (example, [web], dict(key_kind="rsa")),
         "batch": (example, ["spiffe://example.org/ns/dev/sa/batch"], {}),
+        "prod_job": (example, ["spiffe://example.org/ns/prod/job/nightly"], {}),
         "billing": (partner, ["spiffe://partner.org/ns/prod/sa/billing"], {}),
         "unknown_domain": (other, ["spiffe://other.org/ns/prod/sa/web"], {}),
         "partner_by_example": (example, ["spiffe://partner.org/ns/prod/sa/billing"], {}),
