@@ -46,6 +46,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        .executableTarget(name: "ward-bench", dependencies: ["WardPolicy", "WardIdentity"], path: "Sources/WardBench"),
         .testTarget(name: "WardIdentityTests", dependencies: ["WardIdentity"]),
         .testTarget(name: "WardPolicyTests", dependencies: ["WardPolicy", "WardIdentity"]),
         .testTarget(
