@@ -186,6 +186,77 @@ import WardPolicy
         #expect(found.contains { $0.hasPrefix("\(folder)/rules.yaml:2: unknown key 'modes' in rules file") })
     }
 
+    @Test func patternsConditionsAndModesLoad() throws {
+        let rules = """
+            mode: audit
+            rules:
+              - name: prod
+                action: deny
+                mode: enforce
+                from: [spiffe://example.org/ns/prod/**, spiffe://example.org/ns/*/sa/web]
+                to: [orders]
+                when:
+                  source: [10.0.0.0/8, "2001:db8::/32"]
+                  hours: "22:00-06:00"
+                  max_svid_ttl: 1h
+
+            """
+        let config = try ConfigLoader.load(path: try write(rules: rules)).get()
+        #expect(config.rules.mode == .audit)
+        let rule = try #require(config.rules.rules.first)
+        #expect(rule.mode == .enforce)
+        #expect(
+            rule.from.map(\.description) == ["spiffe://example.org/ns/prod/**", "spiffe://example.org/ns/*/sa/web"])
+        #expect(rule.fromLocations.map(\.line) == [6, 6])
+        #expect(rule.conditions.sources.map(\.description) == ["10.0.0.0/8", "2001:db8::/32"])
+        #expect(rule.conditions.hours?.description == "22:00-06:00")
+        #expect(rule.conditions.maxSVIDLifetimeSeconds == 3600)
+        #expect(rule.location == SourceLocation(file: folder + "/rules.yaml", line: 3))
+    }
+
+    @Test func badPatternsAndConditionsNameTheirLines() throws {
+        let rules = """
+            mode: strict
+            rules:
+              - name: a
+                action: allow
+                mode: maybe
+                from:
+                  - spiffe://example.org/ns/**/web
+                  - spiffe://example.org/ns/we*
+                  - spiffe://*.org/x
+                to: [orders]
+                when:
+                  source: [10.0.0.0/33]
+                  hours: "25:00-01:00"
+                  max_svid_ttl: soon
+                  weekday: monday
+
+            """
+        let found = Set(try problems(rules: rules))
+        let file = folder + "/rules.yaml"
+        #expect(found.contains("\(file):1: mode must be 'enforce' or 'audit'"))
+        #expect(found.contains("\(file):5: mode must be 'enforce' or 'audit'"))
+        #expect(
+            found.contains(
+                "\(file):7: invalid pattern 'spiffe://example.org/ns/**/web': '**' is allowed only as the last segment")
+        )
+        #expect(
+            found.contains(
+                "\(file):8: invalid pattern 'spiffe://example.org/ns/we*': 'we*': a wildcard must be a whole segment ('*' or '**'), not part of one"
+            ))
+        #expect(
+            found.contains(
+                "\(file):9: invalid pattern 'spiffe://*.org/x': trust domain may hold only a-z 0-9 . - _ (found \"*\")")
+        )
+        #expect(
+            found.contains { $0.hasPrefix("\(file):12: source '10.0.0.0/33' must be an IPv4 or IPv6 address or CIDR") })
+        #expect(found.contains { $0.hasPrefix("\(file):13: hours must be \"HH:MM-HH:MM\" in UTC") })
+        #expect(found.contains("\(file):14: max_svid_ttl must be a duration such as 30m or 24h"))
+        #expect(found.contains { $0.hasPrefix("\(file):15: unknown key 'weekday' in when") })
+        #expect(found.count == 9)
+    }
+
     @Test func parsesHostPorts() {
         #expect(HostPort(parsing: "127.0.0.1:80") == HostPort(host: "127.0.0.1", port: 80))
         #expect(HostPort(parsing: "[::1]:443") == HostPort(host: "::1", port: 443))
