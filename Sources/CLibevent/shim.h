@@ -6,6 +6,8 @@
 #include <sys/select.h>
 #include <sys/time.h>
 #include <netinet/in.h>
+#include <sys/un.h>
+#include <sys/inotify.h>
 #include <event2/event.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -13,4 +15,6 @@
 #include <event2/listener.h>
 #include <event2/thread.h>
 #include <event2/util.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
 #endif

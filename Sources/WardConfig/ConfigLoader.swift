@@ -95,6 +95,36 @@ public enum ConfigLoader {
         let maxLifetime = duration("max_svid_lifetime", default: WardConfiguration.defaultMaxSVIDLifetime)
         let connectTimeout = duration(
             "upstream_connect_timeout", default: WardConfiguration.defaultUpstreamConnectTimeout)
+        var admin = AdminAddress.unix(path: AdminAddress.defaultPath)
+        var adminIsDefault = true
+        var allowRemote = false
+        if let node = top.take("admin_allow_remote") {
+            if case .scalar(let scalar) = node, let flag = Bool(scalar.string) {
+                allowRemote = flag
+            } else {
+                problems.append(
+                    ConfigProblem(file: path, line: node.line, message: "admin_allow_remote must be true or false"))
+            }
+        }
+        if let node = top.take("admin"), let text = node.string("admin", file: path, problems: &problems) {
+            if let parsed = AdminAddress(parsing: text, relativeTo: folder) {
+                admin = parsed
+                adminIsDefault = false
+                if !parsed.isLocal && !allowRemote {
+                    problems.append(
+                        ConfigProblem(
+                            file: path, line: node.line,
+                            message:
+                                "admin '\(text)' is not loopback or a Unix socket; set admin_allow_remote: true to allow it"
+                        ))
+                }
+            } else {
+                problems.append(
+                    ConfigProblem(
+                        file: path, line: node.line, message: "admin must be a Unix socket path or a loopback HOST:PORT"
+                    ))
+            }
+        }
         top.finish(in: "config", problems: &problems)
 
         var rules: RuleSource?
@@ -109,7 +139,8 @@ public enum ConfigLoader {
             configPath: path, identityCert: identityCert, identityKey: identityKey,
             trustDomains: trustDomains, listeners: listeners, rulesFile: rulesFile, rules: rules,
             logPath: logPath, workers: workers, handshakeTimeout: handshakeTimeout,
-            idleTimeout: idleTimeout, upstreamConnectTimeout: connectTimeout, maxSVIDLifetime: maxLifetime)
+            idleTimeout: idleTimeout, upstreamConnectTimeout: connectTimeout, maxSVIDLifetime: maxLifetime,
+            admin: admin, adminIsDefault: adminIsDefault)
     }
 
     private static func readListeners(_ node: Node, file: String, problems: inout [ConfigProblem])
@@ -161,5 +192,22 @@ public enum ConfigLoader {
                     location: SourceLocation(file: file, line: nameNode?.line ?? item.line)))
         }
         return listeners
+    }
+}
+
+extension ConfigLoader {
+    /// Only the `admin:` address of a config, read without validating the rest, so `ward reload`
+    /// can reach a running Ward even while the files it is asked to reload are broken.
+    public static func adminAddress(configPath: String) -> AdminAddress? {
+        guard let text = try? String(contentsOfFile: configPath, encoding: .utf8),
+            let root = try? Yams.compose(yaml: text), case .mapping(let mapping) = root
+        else { return nil }
+        let folder = (configPath as NSString).deletingLastPathComponent
+        for (key, value) in mapping {
+            if case .scalar(let name) = key, name.string == "admin", case .scalar(let address) = value {
+                return AdminAddress(parsing: address.string, relativeTo: folder)
+            }
+        }
+        return .unix(path: AdminAddress.defaultPath)
     }
 }

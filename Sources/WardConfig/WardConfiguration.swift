@@ -42,6 +42,43 @@ public struct ListenerConfig: Sendable, Equatable {
     public var location: SourceLocation
 }
 
+/// Where the admin endpoint listens: a Unix socket (the default) or a loopback address.
+public enum AdminAddress: Sendable, Equatable, CustomStringConvertible {
+    case unix(path: String)
+    case tcp(HostPort)
+
+    public static let defaultPath = "/run/ward/admin.sock"
+
+    /// A path (anything with a "/" or without a ":") is a Unix socket; `unix:PATH` too.
+    public init?(parsing text: String, relativeTo folder: String) {
+        var text = text
+        if text.hasPrefix("unix:") { text.removeFirst(5) }
+        if text.contains("/") || !text.contains(":") {
+            guard !text.isEmpty else { return nil }
+            self = .unix(path: text.hasPrefix("/") || folder.isEmpty ? text : folder + "/" + text)
+        } else {
+            guard let hostPort = HostPort(parsing: text) else { return nil }
+            self = .tcp(hostPort)
+        }
+    }
+
+    /// True for a Unix socket or a loopback host: reachable only from this machine.
+    public var isLocal: Bool {
+        switch self {
+        case .unix: return true
+        case .tcp(let hostPort):
+            return hostPort.host == "localhost" || hostPort.host == "::1" || hostPort.host.hasPrefix("127.")
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .unix(let path): return path
+        case .tcp(let hostPort): return hostPort.description
+        }
+    }
+}
+
 /// A file the config points at, with the path to open and the path to name in problems.
 public struct ConfigFile: Sendable, Equatable {
     /// Resolved against the config file's folder.
@@ -69,6 +106,13 @@ public struct WardConfiguration: Sendable {
     public var idleTimeout: Duration
     public var upstreamConnectTimeout: Duration
     public var maxSVIDLifetime: Duration
+    /// The admin endpoint; `adminIsDefault` is true when the config did not name one.
+    public var admin: AdminAddress
+    public var adminIsDefault: Bool
+    /// Every file a reload reads, for the file watcher: config, rules, bundles, own cert and key.
+    public var watchedFiles: [String] {
+        [configPath, rulesFile.path] + trustDomains.map(\.bundle.path) + [identityCert.path, identityKey.path]
+    }
 
     public static let defaultHandshakeTimeout = Duration.seconds(10)
     public static let defaultIdleTimeout = Duration.seconds(3600)

@@ -12,6 +12,7 @@ enum CloseCause: String {
     case idleTimeout = "idle_timeout"
     case shutdown
     case error
+    case revoked
 }
 
 /// One client connection from accept to close: TLS handshake with SVID verification, the rule
@@ -39,6 +40,11 @@ final class Connection {
     let peerAddress: String
     let peerIP: IPAddress?
     let check = PeerCheck()
+    /// The context this connection's session came from: kept alive while the session is, since
+    /// its verify callback points into it even after a reload replaced it.
+    private var tls: TLSServerContext?
+    /// The generation the handshake started under.
+    private var generation: UInt64 = 0
     private(set) var state = State.handshaking
     private var client: OpaquePointer?
     private var upstream: OpaquePointer?
@@ -74,7 +80,10 @@ final class Connection {
     private var listenerName: String { worker.snapshot.listeners[listenerIndex].name }
 
     func start(fd: Int32) {
-        let ssl = worker.tls.makeSession(check: check)
+        let tlsContext = worker.tls
+        tls = tlsContext
+        generation = worker.publication.generation
+        let ssl = tlsContext.makeSession(check: check)
         guard let ssl,
             let bev = bufferevent_openssl_socket_new(
                 worker.base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING, Int32(BEV_OPT_CLOSE_ON_FREE.rawValue))
@@ -136,12 +145,18 @@ final class Connection {
             failHandshake(.tlsError, detail: "handshake completed without a verified SVID")
             return
         }
+        if generation != worker.publication.generation {
+            // A reload landed mid-handshake: the chain was checked against the old bundles.
+            generation = worker.publication.generation
+            if let (reason, detail) = worker.tls.reverifyPeer(of: ssl) {
+                check.reason = reason
+                failHandshake(reason, detail: detail)
+                return
+            }
+        }
         tlsVersion = String(cString: SSL_get_version(ssl))
         if let current = SSL_get_current_cipher(ssl) { cipher = String(cString: SSL_CIPHER_get_name(current)) }
-        let now = worker.now
-        let context = DecisionContext(
-            address: peerIP, minuteOfDay: Int(now.tv_sec % 86_400) / 60, svidLifetimeSeconds: check.lifetimeSeconds)
-        let decision = worker.snapshot.ruleSet.decide(peer: peer, listenerIndex: listenerIndex, context: context)
+        let decision = decide(peer)
         self.decision = decision
         if decision.isAllowed {
             worker.log.append(record("allow").finish())
@@ -164,6 +179,41 @@ final class Connection {
         line.add("detail", detail)
         worker.log.append(line.finish())
         release()
+    }
+
+    private func decide(_ peer: SPIFFEID) -> Decision {
+        let now = worker.now
+        let context = DecisionContext(
+            address: peerIP, minuteOfDay: Int(now.tv_sec % 86_400) / 60, svidLifetimeSeconds: check.lifetimeSeconds)
+        return worker.snapshot.ruleSet.decide(peer: peer, listenerIndex: listenerIndex, context: context)
+    }
+
+    /// After a reload: is this peer still allowed under the new trust bundles and rules? If not,
+    /// the connection is closed and logged as `revoke`, then `close` with `close_cause: revoked`.
+    func recheck() {
+        guard state == .connectingUpstream || state == .forwarding, let client,
+            let ssl = bufferevent_openssl_get_ssl(client), let peer = check.id
+        else { return }
+        generation = worker.publication.generation
+        if let (reason, detail) = worker.tls.reverifyPeer(of: ssl) {
+            revoke(reason: reason, detail: detail, decision: nil)
+            return
+        }
+        let decision = decide(peer)
+        if !decision.letsThrough {
+            revoke(reason: .ruleDenied, detail: nil, decision: decision)
+        }
+    }
+
+    private func revoke(reason: ReasonCode, detail: String?, decision: Decision?) {
+        self.decision = decision
+        var line = record("revoke")
+        line.add("reason", reason.rawValue)
+        line.add("detail", detail)
+        line.add("close_cause", CloseCause.revoked.rawValue)
+        worker.log.append(line.finish())
+        closeReason = reason
+        close(cause: .revoked)
     }
 
     // MARK: Upstream

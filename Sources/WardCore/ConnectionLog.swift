@@ -75,7 +75,7 @@ public final class ConnectionLog: Sendable {
             }
             var chunk = batch.joined()
             if dropped > 0 {
-                var line = LogLine(event: "log_dropped", connection: 0, timestamp: Self.now())
+                var line = LogLine(event: "log_dropped", connection: nil, timestamp: Self.now())
                 line.add("dropped", dropped)
                 chunk += line.finish()
             }

@@ -14,8 +14,8 @@ enum ListenerSocket {
         Glibc.close(fd)
     }
 
-    static func bind(_ address: SocketAddress) throws(SocketAddressError) -> Int32 {
-        let fd = try makeSocket(address, reusePort: true)
+    static func bind(_ address: SocketAddress, reusePort: Bool = true) throws(SocketAddressError) -> Int32 {
+        let fd = try makeSocket(address, reusePort: reusePort)
         guard listen(fd, backlog) == 0 else {
             let reason = String(cString: strerror(errno))
             Glibc.close(fd)

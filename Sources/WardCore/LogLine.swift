@@ -5,14 +5,18 @@ import Glibc
 struct LogLine {
     private var text: String
 
-    init(event: String, connection: UInt64, timestamp: timeval) {
+    /// `connection` is nil for process-level events (`reload`, `log_dropped`).
+    init(event: String, connection: UInt64?, timestamp: timeval) {
         text = "{\"ts\":\""
         text.reserveCapacity(512)
         Self.appendTimestamp(timestamp, to: &text)
         text += "\",\"event\":\""
         text += event
-        text += "\",\"conn\":"
-        text += String(connection)
+        text += "\""
+        if let connection {
+            text += ",\"conn\":"
+            text += String(connection)
+        }
     }
 
     mutating func add(_ key: String, _ value: String?) {

@@ -2,8 +2,10 @@ internal import CLibevent
 import Foundation
 import Glibc
 import Logging
+import WardConfig
 
-/// Runs Ward: binds every listener, starts the workers, and waits for SIGTERM or SIGINT.
+/// Runs Ward: binds every listener, starts the workers, then serves the control loop on the
+/// calling thread: SIGTERM/SIGINT stop, SIGHUP reloads, the admin endpoint, the file watcher.
 ///
 /// `run` blocks the calling thread until shutdown is complete.
 public final class WardServer {
@@ -19,7 +21,7 @@ public final class WardServer {
         snapshot.config.workers ?? max(1, ProcessInfo.processInfo.activeProcessorCount)
     }
 
-    /// Starts serving; returns after a clean shutdown. Throws start-up failures (ports, log).
+    /// Starts serving; returns after a clean shutdown. Throws start-up failures (ports, log, admin).
     public func run() throws {
         // Before any event_base exists, or cross-thread wakeups silently fail (PLATFORM.md).
         evthread_use_pthreads()
@@ -38,38 +40,73 @@ public final class WardServer {
             throw error
         }
 
+        let store = SnapshotStore(try Reloader.publication(for: snapshot, generation: 1, workers: workerCount))
+        let reloader = Reloader(configPath: snapshot.config.configPath, store: store, log: log)
+        guard let base = event_base_new() else { throw WorkerError(message: "event_base_new failed") }
+        defer { event_base_free(base) }
+        var admin: AdminServer?
+        do {
+            admin = try AdminServer(base: base, address: snapshot.config.admin, reloader: reloader)
+        } catch  where snapshot.config.adminIsDefault {
+            logger.warning("admin endpoint disabled: \(error) (set admin: in the config to choose where it listens)")
+        }
+
         var workers: [Worker] = []
         for (index, workerSockets) in sockets.enumerated() {
-            workers.append(
-                try Worker(index: index, snapshot: snapshot, sockets: workerSockets, log: log, logger: logger))
+            workers.append(try Worker(index: index, store: store, sockets: workerSockets, log: log, logger: logger))
         }
+        reloader.workers = workers
         for worker in workers { worker.start() }
+        let watcher = FileWatcher(base: base, reloader: reloader)
+        watcher?.watch(snapshot.config.watchedFiles)
 
         let listening = snapshot.listeners.map { "\($0.name)=\($0.listen)->\($0.upstream)" }.joined(separator: " ")
-        logger.info("ready: \(listening) workers=\(workers.count) id=\(snapshot.ownID)")
+        logger.info(
+            "ready: \(listening) workers=\(workers.count) id=\(snapshot.ownID) admin=\(admin.map { "\($0.address)" } ?? "off")"
+        )
 
-        waitForTerminationSignal()
+        serveControlLoop(base, reloader)
         logger.info("shutting down: closing listeners, then connections")
         for worker in workers { worker.closeListenersAndWait() }
         for worker in workers { worker.stopAndWait() }
+        withExtendedLifetime((admin, watcher)) {}
         log.close()
         logger.info("stopped")
     }
 
-    /// Blocks until SIGTERM or SIGINT, on a small event loop of the main thread.
-    private func waitForTerminationSignal() {
-        guard let base = event_base_new() else { return }
-        defer { event_base_free(base) }
-        let signals = [SIGTERM, SIGINT].compactMap { signal in
-            event_new(base, signal, Int16(EV_SIGNAL | EV_PERSIST), signalCallback, UnsafeMutableRawPointer(base))
-        }
-        for event in signals { event_add(event, nil) }
+    /// Runs until SIGTERM or SIGINT; SIGHUP reloads in between.
+    private func serveControlLoop(_ base: OpaquePointer, _ reloader: Reloader) {
+        let control = ControlContext(base: base, reloader: reloader)
+        let context = Unmanaged.passUnretained(control).toOpaque()
+        let events = [
+            event_new(base, SIGTERM, Int16(EV_SIGNAL | EV_PERSIST), stopSignalCallback, context),
+            event_new(base, SIGINT, Int16(EV_SIGNAL | EV_PERSIST), stopSignalCallback, context),
+            event_new(base, SIGHUP, Int16(EV_SIGNAL | EV_PERSIST), reloadSignalCallback, context),
+        ].compactMap { $0 }
+        for event in events { event_add(event, nil) }
         event_base_dispatch(base)
-        for event in signals { event_free(event) }
+        for event in events { event_free(event) }
+        withExtendedLifetime(control) {}
     }
 }
 
-private let signalCallback: @convention(c) (Int32, Int16, UnsafeMutableRawPointer?) -> Void = {
-    _, _, base in
-    event_base_loopbreak(OpaquePointer(base))
+private final class ControlContext {
+    let base: OpaquePointer
+    let reloader: Reloader
+    init(base: OpaquePointer, reloader: Reloader) {
+        self.base = base
+        self.reloader = reloader
+    }
+}
+
+private let stopSignalCallback: @convention(c) (Int32, Int16, UnsafeMutableRawPointer?) -> Void = {
+    _, _, context in
+    guard let context else { return }
+    event_base_loopbreak(Unmanaged<ControlContext>.fromOpaque(context).takeUnretainedValue().base)
+}
+
+private let reloadSignalCallback: @convention(c) (Int32, Int16, UnsafeMutableRawPointer?) -> Void = {
+    _, _, context in
+    guard let context else { return }
+    _ = Unmanaged<ControlContext>.fromOpaque(context).takeUnretainedValue().reloader.reload(trigger: "sighup")
 }

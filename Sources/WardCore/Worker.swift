@@ -17,32 +17,33 @@ final class Worker: @unchecked Sendable {
     // thread-safe once `evthread_use_pthreads` ran.
     let index: Int
     let base: OpaquePointer
-    let snapshot: RuntimeSnapshot
-    let tls: TLSServerContext
+    let store: SnapshotStore
+    /// The generation this worker serves; replaced on the worker thread only.
+    private(set) var publication: Publication
     let log: ConnectionLog
     let logger: Logger
-    let handshakeTimeout: timeval
-    let idleTimeoutMilliseconds: Int64
-    let upstreamConnectTimeout: timeval
+    var snapshot: RuntimeSnapshot { publication.snapshot }
+    var tls: TLSServerContext { publication.contexts[index] }
+    var handshakeTimeout: timeval { timeval(duration: snapshot.config.handshakeTimeout) }
+    var idleTimeoutMilliseconds: Int64 { snapshot.config.idleTimeout.milliseconds }
+    var upstreamConnectTimeout: timeval { timeval(duration: snapshot.config.upstreamConnectTimeout) }
     private var listeners: [OpaquePointer] = []
     /// The owner of every open connection: removal is each connection's one release point.
     var connections: [UInt64: Connection] = [:]
     private var stopEvent: OpaquePointer?
     private let stopped = DispatchSemaphore(value: 0)
     private var closeListenersEvent: OpaquePointer?
+    private var reloadEvent: OpaquePointer?
     private let listenersClosed = DispatchSemaphore(value: 0)
 
-    init(index: Int, snapshot: RuntimeSnapshot, sockets: [Int32], log: ConnectionLog, logger: Logger) throws {
+    init(index: Int, store: SnapshotStore, sockets: [Int32], log: ConnectionLog, logger: Logger) throws {
         guard let base = event_base_new() else { throw WorkerError(message: "event_base_new failed") }
         self.index = index
         self.base = base
-        self.snapshot = snapshot
+        self.store = store
+        self.publication = store.load()
         self.log = log
         self.logger = logger
-        self.tls = try snapshot.makeTLSContext()
-        self.handshakeTimeout = timeval(duration: snapshot.config.handshakeTimeout)
-        self.idleTimeoutMilliseconds = snapshot.config.idleTimeout.milliseconds
-        self.upstreamConnectTimeout = timeval(duration: snapshot.config.upstreamConnectTimeout)
         let context = Unmanaged.passUnretained(self).toOpaque()
         for (listenerIndex, fd) in sockets.enumerated() {
             // The listener context packs the worker and the listener index; the worker outlives it.
@@ -57,6 +58,7 @@ final class Worker: @unchecked Sendable {
             listeners.append(listener)
         }
         stopEvent = event_new(base, -1, Int16(EV_PERSIST), stopCallback, context)
+        reloadEvent = event_new(base, -1, Int16(EV_PERSIST), reloadCallback, context)
         closeListenersEvent = event_new(base, -1, Int16(EV_PERSIST), closeListenersCallback, context)
     }
 
@@ -64,6 +66,7 @@ final class Worker: @unchecked Sendable {
 
     deinit {
         if let stopEvent { event_free(stopEvent) }
+        if let reloadEvent { event_free(reloadEvent) }
         if let closeListenersEvent { event_free(closeListenersEvent) }
         event_base_free(base)
     }
@@ -104,7 +107,28 @@ final class Worker: @unchecked Sendable {
         event_base_loopexit(base, nil)
     }
 
+    /// Wakes the worker to adopt a new generation and re-check its open connections. Any thread.
+    func notifyPublished() {
+        event_active(reloadEvent, EV_READ, 0)
+    }
+
+    /// Takes the newest publication if there is one. One relaxed atomic load when there is not.
+    @discardableResult
+    func adoptLatest() -> Bool {
+        guard store.generation != publication.generation else { return false }
+        publication = store.load()
+        return true
+    }
+
+    /// On the worker thread after a publication: closes every open connection whose peer the
+    /// new rules or trust bundles no longer allow.
+    fileprivate func adoptAndRecheck() {
+        guard adoptLatest() else { return }
+        for connection in Array(connections.values) { connection.recheck() }
+    }
+
     fileprivate func accept(fd: Int32, address: UnsafeMutablePointer<sockaddr>, length: Int32, listenerIndex: Int) {
+        adoptLatest()
         var one: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
         let id = connectionIDs.wrappingAdd(1, ordering: .relaxed).newValue
@@ -190,6 +214,12 @@ private let closeListenersCallback: @convention(c) (Int32, Int16, UnsafeMutableR
     _, _, context in
     guard let context else { return }
     Unmanaged<Worker>.fromOpaque(context).takeUnretainedValue().closeListeners()
+}
+
+private let reloadCallback: @convention(c) (Int32, Int16, UnsafeMutableRawPointer?) -> Void = {
+    _, _, context in
+    guard let context else { return }
+    Unmanaged<Worker>.fromOpaque(context).takeUnretainedValue().adoptAndRecheck()
 }
 
 private let stopCallback: @convention(c) (Int32, Int16, UnsafeMutableRawPointer?) -> Void = {

@@ -73,6 +73,18 @@ public final class TLSServerContext {
         verifierReference.release()
     }
 
+    /// Verifies the certificate chain an established session's peer presented against this
+    /// context's trust bundles, as after a reload. Returns the refusal reason, or nil if still valid.
+    public func reverifyPeer(of session: OpaquePointer) -> (ReasonCode, String?)? {
+        guard let leaf = SSL_get0_peer_certificate(session) else { return (.noClientCert, nil) }
+        let check = PeerCheck()
+        // On a server the peer chain excludes the leaf: exactly the untrusted intermediates.
+        let intermediates = SSL_get_peer_cert_chain(session)
+        guard verifierReference.takeUnretainedValue().verify(leaf: leaf, untrusted: intermediates, into: check) != nil
+        else { return nil }
+        return (check.reason ?? .untrustedChain, check.detail)
+    }
+
     /// A new `SSL` for one accepted connection, wired to `check`.
     public func makeSession(check: PeerCheck) -> OpaquePointer? {
         guard let ssl = SSL_new(context) else { return nil }

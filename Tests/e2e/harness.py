@@ -164,5 +164,5 @@ def config(pki_dir, listeners, extra=""):
     ]
     for name, listen, upstream in listeners:
         lines += [f"  - name: {name}", f"    listen: 127.0.0.1:{listen}", f"    upstream: 127.0.0.1:{upstream}"]
-    lines += ["rules: rules.yaml", "log: connections.log", "workers: 2"]
+    lines += ["rules: rules.yaml", "log: connections.log", "workers: 2", "admin: admin.sock"]
     return "\n".join(lines) + "\n" + extra

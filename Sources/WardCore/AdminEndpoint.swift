@@ -1,0 +1,192 @@
+internal import CLibevent
+import Foundation
+import Glibc
+import WardConfig
+
+/// Opens the admin endpoint's listening socket: a Unix socket (a stale file from a dead Ward is
+/// replaced; a live one is an error) or a loopback TCP address.
+enum AdminSocket {
+    static func bind(_ address: AdminAddress) throws(SocketAddressError) -> Int32 {
+        switch address {
+        case .tcp(let hostPort):
+            let resolved = try SocketAddress.resolve(hostPort)
+            let fd = try ListenerSocket.bind(resolved, reusePort: false)
+            return fd
+        case .unix(let path):
+            return try bindUnix(path)
+        }
+    }
+
+    private static func bindUnix(_ path: String) throws(SocketAddressError) -> Int32 {
+        let folder = (path as NSString).deletingLastPathComponent
+        if !folder.isEmpty, !FileManager.default.fileExists(atPath: folder) {
+            try? FileManager.default.createDirectory(
+                atPath: folder, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o750])
+        }
+        guard var address = unixAddress(path) else {
+            throw SocketAddressError(message: "admin socket path too long (max 107 bytes): \(path)")
+        }
+        if FileManager.default.fileExists(atPath: path) {
+            let probe = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            let connected = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    connect(probe, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+                }
+            }
+            Glibc.close(probe)
+            if connected == 0 { throw SocketAddressError(message: "admin socket \(path) is in use by another process") }
+            unlink(path)
+        }
+        let fd = socket(
+            AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                Glibc.bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        guard fd >= 0, bound == 0, listen(fd, 16) == 0 else {
+            let reason = String(cString: strerror(errno))
+            if fd >= 0 { Glibc.close(fd) }
+            throw SocketAddressError(message: "cannot listen on admin socket \(path): \(reason)")
+        }
+        // Owner and group only: the admin endpoint can reload the proxy.
+        chmod(path, 0o660)
+        return fd
+    }
+
+    static func unixAddress(_ path: String) -> sockaddr_un? {
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return nil }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        return address
+    }
+}
+
+/// The admin HTTP endpoint (libevent's evhttp) on the control thread's event loop, never on a
+/// data-plane loop. `POST /reload` reloads like SIGHUP and answers with the outcome as JSON.
+final class AdminServer {
+    private let http: OpaquePointer
+    let address: AdminAddress
+    let reloader: Reloader
+
+    init(base: OpaquePointer, address: AdminAddress, reloader: Reloader) throws {
+        guard let http = evhttp_new(base) else { throw SocketAddressError(message: "evhttp_new failed") }
+        self.http = http
+        self.address = address
+        self.reloader = reloader
+        let fd = try AdminSocket.bind(address)
+        guard let listener = evconnlistener_new(base, nil, nil, UInt32(LEV_OPT_CLOSE_ON_FREE), 0, fd),
+            evhttp_bind_listener(http, listener) != nil
+        else {
+            Glibc.close(fd)
+            evhttp_free(http)
+            throw SocketAddressError(message: "cannot serve the admin endpoint on \(address)")
+        }
+        evhttp_set_allowed_methods(http, UInt16(EVHTTP_REQ_GET.rawValue | EVHTTP_REQ_POST.rawValue))
+        // Unretained: the server outlives its evhttp, which deinit frees.
+        evhttp_set_gencb(http, adminCallback, Unmanaged.passUnretained(self).toOpaque())
+    }
+
+    deinit {
+        evhttp_free(http)
+        if case .unix(let path) = address { unlink(path) }
+    }
+
+    fileprivate func handle(_ request: OpaquePointer) {
+        let command = evhttp_request_get_command(request)
+        let uri = evhttp_request_get_uri(request).map { String(cString: $0) } ?? "/"
+        let path = uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? uri
+        switch (path, command) {
+        case ("/reload", EVHTTP_REQ_POST):
+            let outcome = reloader.reload(trigger: "admin")
+            respond(request, outcome.ok ? 200 : 422, outcome.json)
+        case ("/healthz", EVHTTP_REQ_GET):
+            respond(request, 200, "{\"status\":\"ok\",\"generation\":\(reloader.store.generation)}")
+        case ("/reload", _), ("/healthz", _):
+            respond(request, 405, "{\"error\":\"method not allowed\"}")
+        default:
+            respond(request, 404, "{\"error\":\"not found\"}")
+        }
+    }
+
+    private func respond(_ request: OpaquePointer, _ code: Int32, _ body: String) {
+        if let headers = evhttp_request_get_output_headers(request) {
+            evhttp_add_header(headers, "Content-Type", "application/json")
+        }
+        guard let buffer = evbuffer_new() else {
+            evhttp_send_error(request, 500, nil)
+            return
+        }
+        defer { evbuffer_free(buffer) }
+        var text = body + "\n"
+        text.withUTF8 { _ = evbuffer_add(buffer, $0.baseAddress, $0.count) }
+        evhttp_send_reply(request, code, nil, buffer)
+    }
+}
+
+private let adminCallback: @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?) -> Void = { request, context in
+    guard let request, let context else { return }
+    Unmanaged<AdminServer>.fromOpaque(context).takeUnretainedValue().handle(request)
+}
+
+/// The client side, for `ward reload`: one HTTP/1.0 request over the admin socket.
+public enum AdminClient {
+    public struct Response: Sendable {
+        public var status: Int
+        public var body: String
+    }
+
+    /// Sends `method path` to `address` and waits (up to `timeoutSeconds`) for the whole answer.
+    public static func request(_ method: String, _ path: String, to address: AdminAddress, timeoutSeconds: Int = 120)
+        throws(SocketAddressError) -> Response
+    {
+        let fd: Int32
+        switch address {
+        case .unix(let socketPath):
+            guard var unixAddress = AdminSocket.unixAddress(socketPath) else {
+                throw SocketAddressError(message: "admin socket path too long: \(socketPath)")
+            }
+            fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            let connected = withUnsafePointer(to: &unixAddress) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+                }
+            }
+            guard connected == 0 else {
+                let reason = String(cString: strerror(errno))
+                Glibc.close(fd)
+                throw SocketAddressError(message: "cannot reach the admin endpoint at \(socketPath): \(reason)")
+            }
+        case .tcp(let hostPort):
+            let resolved = try SocketAddress.resolve(hostPort)
+            fd = socket(resolved.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            guard resolved.withSockaddr({ connect(fd, $0, $1) }) == 0 else {
+                let reason = String(cString: strerror(errno))
+                Glibc.close(fd)
+                throw SocketAddressError(message: "cannot reach the admin endpoint at \(hostPort): \(reason)")
+            }
+        }
+        defer { Glibc.close(fd) }
+        var timeout = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var request = "\(method) \(path) HTTP/1.0\r\nHost: ward\r\nContent-Length: 0\r\n\r\n"
+        _ = request.withUTF8 { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        var received: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = recv(fd, &chunk, chunk.count, 0)
+            if count <= 0 { break }
+            received += chunk[0..<count]
+        }
+        let text = String(decoding: received, as: UTF8.self)
+        guard let headerEnd = text.range(of: "\r\n\r\n"),
+            let status = text.split(separator: " ", maxSplits: 2).dropFirst().first.flatMap({ Int($0) })
+        else { throw SocketAddressError(message: "no answer from the admin endpoint at \(address)") }
+        return Response(status: status, body: String(text[headerEnd.upperBound...]))
+    }
+}

@@ -1,0 +1,137 @@
+import Foundation
+import Glibc
+import WardConfig
+import WardTLS
+
+/// The result of one reload, as logged and as `POST /reload` and `ward reload` report it.
+struct ReloadOutcome {
+    var ok: Bool
+    var generation: UInt64
+    var rules: Int
+    var sha256: String
+    var error: String?
+    /// A failure that a moment may fix (a cert and key caught mid-rotation).
+    var retryable = false
+    /// False when every file was byte-identical to the running generation.
+    var changed = true
+    var durationMilliseconds: Double = 0
+
+    var json: String {
+        var object: [String: Any] = ["ok": ok, "generation": generation]
+        if ok {
+            object["rules"] = rules
+            object["sha256"] = sha256
+            object["changed"] = changed
+            object["duration_ms"] = (durationMilliseconds * 10).rounded() / 10
+        } else {
+            object["error"] = error ?? "unknown error"
+        }
+        let data = try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
+        return String(decoding: data, as: UTF8.self)
+    }
+}
+
+/// Builds, validates and publishes a new generation, or keeps the old one. Runs on the control
+/// thread (never an event loop of the data plane); one reload at a time.
+final class Reloader {
+    let configPath: String
+    let store: SnapshotStore
+    let log: ConnectionLog
+    var workers: [Worker] = []
+
+    init(configPath: String, store: SnapshotStore, log: ConnectionLog) {
+        self.configPath = configPath
+        self.store = store
+        self.log = log
+    }
+
+    /// The first generation, built at start-up.
+    static func publication(
+        for snapshot: RuntimeSnapshot, generation: UInt64, workers: Int
+    ) throws -> Publication {
+        let contexts = try (0..<workers).map { _ in try snapshot.makeTLSContext() }
+        let (sources, files) = digests(of: snapshot.config)
+        return Publication(
+            generation: generation, snapshot: snapshot, contexts: contexts, sourcesDigest: sources, filesDigest: files)
+    }
+
+    /// Reloads from disk. `logFailure: false` lets the file watcher retry a half-rotated SVID
+    /// quietly; `skipUnchanged` makes a reload whose files are all unchanged a silent no-op.
+    func reload(trigger: String, logFailure: Bool = true, skipUnchanged: Bool = false) -> ReloadOutcome {
+        let started = DispatchTime.now().uptimeNanoseconds
+        let current = store.load()
+        var outcome = ReloadOutcome(
+            ok: false, generation: current.generation, rules: current.snapshot.ruleSet.ruleCount,
+            sha256: current.sourcesDigest)
+        switch SnapshotBuilder.load(configPath: configPath) {
+        case .failure(let problems):
+            outcome.error = problems.problems.map(\.description).joined(separator: "; ")
+            outcome.retryable = problems.problems.contains { $0.message.hasPrefix("private key does not match") }
+        case .success(let snapshot):
+            if let conflict = restartRequired(current.snapshot.config, snapshot.config) {
+                outcome.error = "\(configPath): restart required: \(conflict); nothing was changed"
+                break
+            }
+            let (sources, files) = Self.digests(of: snapshot.config)
+            if skipUnchanged, files == current.filesDigest {
+                outcome.ok = true
+                outcome.changed = false
+                return outcome
+            }
+            do {
+                let contexts = try workers.indices.map { _ in try snapshot.makeTLSContext() }
+                let publication = Publication(
+                    generation: current.generation + 1, snapshot: snapshot, contexts: contexts,
+                    sourcesDigest: sources, filesDigest: files)
+                store.publish(publication)
+                for worker in workers { worker.notifyPublished() }
+                outcome = ReloadOutcome(
+                    ok: true, generation: publication.generation, rules: snapshot.ruleSet.ruleCount, sha256: sources)
+            } catch {
+                outcome.error = "\(snapshot.config.identityCert.path): \(error)"
+            }
+        }
+        outcome.durationMilliseconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e6
+        if outcome.ok || logFailure { logLine(outcome, trigger: trigger) }
+        return outcome
+    }
+
+    func logLine(_ outcome: ReloadOutcome, trigger: String) {
+        var line = LogLine(event: "reload", connection: nil, timestamp: ConnectionLog.now())
+        line.add("ok", outcome.ok)
+        line.add("trigger", trigger)
+        if outcome.ok {
+            line.add("generation", Int64(outcome.generation))
+            line.add("rules", Int64(outcome.rules))
+            line.add("sha256", outcome.sha256)
+            line.add("duration_ms", Int64(outcome.durationMilliseconds.rounded()))
+        } else {
+            line.add("error", outcome.error)
+            line.add("generation", Int64(outcome.generation))
+        }
+        log.append(line.finish())
+    }
+
+    /// What a reload cannot change in a running process, or nil. Upstreams, rules, bundles,
+    /// own SVID and timeouts apply live; sockets, threads and the log file do not.
+    private func restartRequired(_ old: WardConfiguration, _ new: WardConfiguration) -> String? {
+        let oldListeners = old.listeners.map { "\($0.name)@\($0.listen)" }
+        let newListeners = new.listeners.map { "\($0.name)@\($0.listen)" }
+        if oldListeners != newListeners {
+            return
+                "listeners changed (\(oldListeners.joined(separator: ", ")) -> \(newListeners.joined(separator: ", ")))"
+        }
+        if old.workers != new.workers { return "workers changed" }
+        if old.logPath != new.logPath { return "log changed" }
+        if old.admin != new.admin { return "admin changed" }
+        return nil
+    }
+
+    /// (config + rules, every file) digests; unreadable files hash as empty.
+    static func digests(of config: WardConfiguration) -> (sources: String, files: String) {
+        func read(_ path: String) -> Data { FileManager.default.contents(atPath: path) ?? Data() }
+        let sources = [read(config.configPath), read(config.rulesFile.path)]
+        let files = sources + config.watchedFiles.dropFirst(2).map(read)
+        return (Digest.sha256Hex(sources), Digest.sha256Hex(files))
+    }
+}
