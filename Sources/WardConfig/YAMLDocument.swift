@@ -35,7 +35,10 @@ struct YAMLDocument {
             .parser(let context, let problem, let mark, _),
             .composer(let context, let problem, let mark, _):
             let detail = context.map { "\(problem) \($0.text)" } ?? problem
-            return ConfigProblem(file: file, line: mark.line, message: "invalid YAML: \(detail)")
+            // libyaml often notices a problem only at the next token (or the end of the file);
+            // the construct it was parsing starts on the line the operator needs to fix.
+            let line = context.map { min($0.mark.line, mark.line) } ?? mark.line
+            return ConfigProblem(file: file, line: line, message: "invalid YAML: \(detail)")
         case .duplicatedKeysInMapping(let duplicates, let context):
             return ConfigProblem(
                 file: file, line: context.mark.line,

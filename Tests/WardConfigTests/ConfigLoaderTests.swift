@@ -98,7 +98,7 @@ import WardPolicy
     @Test func badYAMLNamesTheLine() throws {
         let found = try problems(config: "identity:\n  cert: [unclosed\nlisteners: x\n")
         #expect(found.count == 1)
-        #expect(found.first?.hasPrefix("\(folder)/ward.yaml:3: invalid YAML") == true)
+        #expect(found.first?.hasPrefix("\(folder)/ward.yaml:2: invalid YAML") == true)
     }
 
     @Test func badValuesAreEachReported() throws {

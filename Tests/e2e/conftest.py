@@ -45,6 +45,8 @@ def certs(tmp_path_factory):
     partner = pki.ca("partner.org root")
     other = pki.ca("other.org root")
     intermediate = pki.ca("example.org intermediate", issuer=example)
+    example_next = pki.ca("example.org root (next)")
+    c_next = pki.write(example_next, folder, "example.org.next")
     for issued, name in [(example, "example.org.bundle"), (partner, "partner.org.bundle")]:
         pki.write(issued, folder, name)
     c = {"dir": folder, "example_ca": os.path.join(folder, "example.org.bundle.pem")}
@@ -74,6 +76,13 @@ def certs(tmp_path_factory):
     for name, (issuer, uris, options) in specs.items():
         chain = [intermediate] if issuer is intermediate else []
         c[name] = pki.write(pki.leaf(issuer, uris, **options), folder, name, chain=chain)
+    # Rotation and rollover material: a second server SVID, and a client of the next root.
+    c["example_next_ca"] = c_next.cert_path
+    c["ward_rotated"] = pki.write(
+        pki.leaf(example, ["spiffe://example.org/ns/prod/sa/orders"], ips=["127.0.0.1"]), folder, "ward_rotated")
+    c["web_next"] = pki.write(pki.leaf(example_next, [web]), folder, "web_next")
+    c["ward_next"] = pki.write(
+        pki.leaf(example_next, ["spiffe://example.org/ns/prod/sa/orders"], ips=["127.0.0.1"]), folder, "ward_next")
     # A chain through an intermediate the client does not send: must fail.
     c["missing_intermediate"] = pki.write(
         pki.leaf(intermediate, ["spiffe://example.org/ns/prod/sa/worker"]), folder, "missing_intermediate")
