@@ -200,7 +200,7 @@ extension ConfigLoader {
     /// can reach a running Ward even while the files it is asked to reload are broken.
     public static func adminAddress(configPath: String) -> AdminAddress? {
         guard let text = try? String(contentsOfFile: configPath, encoding: .utf8),
-            let root = try? Yams.compose(yaml: text), case .mapping(let mapping) = root
+            let root = try? Yams.compose(yaml: text, .basic), case .mapping(let mapping) = root
         else { return nil }
         let folder = (configPath as NSString).deletingLastPathComponent
         for (key, value) in mapping {

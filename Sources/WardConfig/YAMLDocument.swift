@@ -20,7 +20,7 @@ struct YAMLDocument {
             return nil
         }
         do {
-            return YAMLDocument(file: displayPath, root: try Yams.compose(yaml: text))
+            return YAMLDocument(file: displayPath, root: try Yams.compose(yaml: text, .basic))
         } catch let error as YamlError {
             problems.append(yamlProblem(error, file: displayPath))
         } catch {

@@ -63,6 +63,12 @@ final class Reloader {
         var outcome = ReloadOutcome(
             ok: false, generation: current.generation, rules: current.snapshot.ruleSet.ruleCount,
             sha256: current.sourcesDigest)
+        // Hashing the files is cheap next to parsing them: settle a no-op before building anything.
+        if skipUnchanged, Self.digests(of: current.snapshot.config).files == current.filesDigest {
+            outcome.ok = true
+            outcome.changed = false
+            return outcome
+        }
         switch SnapshotBuilder.load(configPath: configPath) {
         case .failure(let problems):
             outcome.error = problems.problems.map(\.description).joined(separator: "; ")
@@ -73,11 +79,6 @@ final class Reloader {
                 break
             }
             let (sources, files) = Self.digests(of: snapshot.config)
-            if skipUnchanged, files == current.filesDigest {
-                outcome.ok = true
-                outcome.changed = false
-                return outcome
-            }
             do {
                 let contexts = try workers.indices.map { _ in try snapshot.makeTLSContext() }
                 let publication = Publication(
