@@ -11,6 +11,7 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
     ],
     targets: [
         .systemLibrary(
@@ -31,17 +32,18 @@ let package = Package(
             dependencies: ["WardIdentity", "WardPolicy", .product(name: "Yams", package: "Yams")]
         ),
         .target(name: "WardTLS", dependencies: ["WardIdentity", "COpenSSL", "CWardShims"]),
+        .target(name: "WardObservability", dependencies: [.product(name: "Atomics", package: "swift-atomics")]),
         .target(
             name: "WardCore",
             dependencies: [
-                "WardIdentity", "WardPolicy", "WardConfig", "WardTLS", "COpenSSL", "CLibevent",
+                "WardIdentity", "WardPolicy", "WardConfig", "WardTLS", "WardObservability", "COpenSSL", "CLibevent",
                 "CWardShims", .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .executableTarget(
             name: "ward",
             dependencies: [
-                "WardCore", "WardConfig", "WardTLS",
+                "WardCore", "WardConfig", "WardTLS", "WardObservability", "WardPolicy", "WardIdentity",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -49,6 +51,7 @@ let package = Package(
         .executableTarget(name: "ward-bench", dependencies: ["WardPolicy", "WardIdentity"], path: "Sources/WardBench"),
         .testTarget(name: "WardIdentityTests", dependencies: ["WardIdentity"]),
         .testTarget(name: "WardPolicyTests", dependencies: ["WardPolicy", "WardIdentity"]),
+        .testTarget(name: "WardObservabilityTests", dependencies: ["WardObservability"]),
         .testTarget(
             name: "WardConfigTests",
             dependencies: ["WardConfig", "WardPolicy", "WardIdentity"]

@@ -95,6 +95,15 @@ public enum ConfigLoader {
         let maxLifetime = duration("max_svid_lifetime", default: WardConfiguration.defaultMaxSVIDLifetime)
         let connectTimeout = duration(
             "upstream_connect_timeout", default: WardConfiguration.defaultUpstreamConnectTimeout)
+        let svidMinRemaining = duration("svid_min_remaining", default: WardConfiguration.defaultSVIDMinRemaining)
+        var logChain = false
+        if let node = top.take("log_chain") {
+            if case .scalar(let scalar) = node, let flag = Bool(scalar.string) {
+                logChain = flag
+            } else {
+                problems.append(ConfigProblem(file: path, line: node.line, message: "log_chain must be true or false"))
+            }
+        }
         var admin = AdminAddress.unix(path: AdminAddress.defaultPath)
         var adminIsDefault = true
         var allowRemote = false
@@ -140,7 +149,7 @@ public enum ConfigLoader {
             trustDomains: trustDomains, listeners: listeners, rulesFile: rulesFile, rules: rules,
             logPath: logPath, workers: workers, handshakeTimeout: handshakeTimeout,
             idleTimeout: idleTimeout, upstreamConnectTimeout: connectTimeout, maxSVIDLifetime: maxLifetime,
-            admin: admin, adminIsDefault: adminIsDefault)
+            admin: admin, svidMinRemaining: svidMinRemaining, logChain: logChain, adminIsDefault: adminIsDefault)
     }
 
     private static func readListeners(_ node: Node, file: String, problems: inout [ConfigProblem])

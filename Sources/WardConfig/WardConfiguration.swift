@@ -108,6 +108,10 @@ public struct WardConfiguration: Sendable {
     public var maxSVIDLifetime: Duration
     /// The admin endpoint; `adminIsDefault` is true when the config did not name one.
     public var admin: AdminAddress
+    /// `/healthz` fails when the own SVID has less than this left.
+    public var svidMinRemaining: Duration
+    /// Hash-chain the connection log (`prev` on every line).
+    public var logChain: Bool
     public var adminIsDefault: Bool
     /// Every file a reload reads, for the file watcher: config, rules, bundles, own cert and key.
     public var watchedFiles: [String] {
@@ -117,5 +121,6 @@ public struct WardConfiguration: Sendable {
     public static let defaultHandshakeTimeout = Duration.seconds(10)
     public static let defaultIdleTimeout = Duration.seconds(3600)
     public static let defaultUpstreamConnectTimeout = Duration.seconds(5)
+    public static let defaultSVIDMinRemaining = Duration.seconds(300)
     public static let defaultMaxSVIDLifetime = Duration.seconds(24 * 3600)
 }

@@ -106,24 +106,115 @@ final class AdminServer {
             let outcome = reloader.reload(trigger: "admin")
             respond(request, outcome.ok ? 200 : 422, outcome.json)
         case ("/healthz", EVHTTP_REQ_GET):
-            respond(request, 200, "{\"status\":\"ok\",\"generation\":\(reloader.store.generation)}")
-        case ("/reload", _), ("/healthz", _):
+            let (healthy, body) = health()
+            respond(request, healthy ? 200 : 503, body)
+        case ("/metrics", EVHTTP_REQ_GET):
+            respond(request, 200, metricsText(), contentType: "text/plain; version=0.0.4; charset=utf-8")
+        case ("/rules", EVHTTP_REQ_GET):
+            respond(request, 200, rules())
+        case ("/connections", EVHTTP_REQ_GET):
+            respond(request, 200, connections())
+        case ("/reload", _), ("/healthz", _), ("/metrics", _), ("/rules", _), ("/connections", _):
             respond(request, 405, "{\"error\":\"method not allowed\"}")
         default:
             respond(request, 404, "{\"error\":\"not found\"}")
         }
     }
 
-    private func respond(_ request: OpaquePointer, _ code: Int32, _ body: String) {
+    /// 200 while every listener accepts and the own SVID has more than `svid_min_remaining` left.
+    private func health() -> (Bool, String) {
+        let publication = reloader.store.load()
+        let config = publication.snapshot.config
+        var reasons: [String] = []
+        let stopped = reloader.workers.filter { !$0.isRunning }.count
+        if stopped > 0 { reasons.append("\(stopped) worker(s) stopped") }
+        let paused = reloader.metrics.workers.reduce(0) { $0 + $1.pausedListenerCount }
+        if paused > 0 { reasons.append("\(paused) listener(s) not accepting (out of file descriptors)") }
+        let notAfter = publication.snapshot.identity.chain.first?.notAfter ?? 0
+        let remaining = notAfter - Int64(Date().timeIntervalSince1970)
+        let minimum = config.svidMinRemaining.components.seconds
+        if remaining <= minimum {
+            reasons.append("own SVID expires in \(remaining)s, under svid_min_remaining (\(minimum)s)")
+        }
+        var object: [String: Any] = [
+            "status": reasons.isEmpty ? "ok" : "unhealthy", "generation": publication.generation,
+            "svid_remaining_seconds": remaining, "workers": reloader.workers.count,
+        ]
+        if !reasons.isEmpty { object["reasons"] = reasons }
+        return (reasons.isEmpty, Self.json(object))
+    }
+
+    private func metricsText() -> String {
+        let publication = reloader.store.load()
+        return reloader.metrics.render(
+            .init(
+                generation: publication.generation,
+                svidExpiry: publication.snapshot.identity.chain.first?.notAfter ?? 0,
+                logDropped: reloader.log.dropped))
+    }
+
+    private func rules() -> String {
+        let publication = reloader.store.load()
+        let snapshot = publication.snapshot
+        let ruleSet = snapshot.ruleSet
+        var perListener: [String: Int] = [:]
+        for name in ruleSet.listenerNames {
+            perListener[name] =
+                ruleSet.source.rules.filter { rule in
+                    if case .named(let names) = rule.to { return names.contains(name) }
+                    return true
+                }.count
+        }
+        return Self.json([
+            "generation": publication.generation, "sha256": publication.sourcesDigest,
+            "sources": ["config": snapshot.config.configPath, "rules": snapshot.config.rulesFile.path],
+            "rules": ruleSet.ruleCount, "default": ruleSet.source.defaultAction.rawValue,
+            "mode": ruleSet.source.mode.rawValue, "listeners": perListener,
+        ])
+    }
+
+    private func connections() -> String {
+        let infos = reloader.workers.flatMap { worker in
+            worker.onLoop { worker in worker.connections.values.map(\.info) } ?? []
+        }.sorted { $0.id < $1.id }
+        let list: [[String: Any]] = infos.map { info in
+            var entry: [String: Any] = [
+                "id": info.id, "listener": info.listener, "peer_addr": info.peerAddress,
+                "since": Self.rfc3339(milliseconds: info.sinceEpochMilliseconds), "bytes_in": info.bytesIn,
+                "bytes_out": info.bytesOut, "state": info.state,
+            ]
+            if let peer = info.peerID { entry["peer_id"] = peer }
+            return entry
+        }
+        return Self.json(["connections": list, "count": list.count])
+    }
+
+    static func json(_ object: Any) -> String {
+        let data =
+            (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]))
+            ?? Data("{}".utf8)
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    static func rfc3339(milliseconds: Int64) -> String {
+        var text = ""
+        LogLine.appendTimestamp(
+            timeval(tv_sec: Int(milliseconds / 1000), tv_usec: Int(milliseconds % 1000) * 1000), to: &text)
+        return text
+    }
+
+    private func respond(
+        _ request: OpaquePointer, _ code: Int32, _ body: String, contentType: String = "application/json"
+    ) {
         if let headers = evhttp_request_get_output_headers(request) {
-            evhttp_add_header(headers, "Content-Type", "application/json")
+            evhttp_add_header(headers, "Content-Type", contentType)
         }
         guard let buffer = evbuffer_new() else {
             evhttp_send_error(request, 500, nil)
             return
         }
         defer { evbuffer_free(buffer) }
-        var text = body + "\n"
+        var text = body.hasSuffix("\n") ? body : body + "\n"
         text.withUTF8 { _ = evbuffer_add(buffer, $0.baseAddress, $0.count) }
         evhttp_send_reply(request, code, nil, buffer)
     }

@@ -2,6 +2,7 @@ internal import CLibevent
 internal import COpenSSL
 import Glibc
 import WardIdentity
+import WardObservability
 import WardPolicy
 import WardTLS
 
@@ -53,6 +54,10 @@ final class Connection {
     private var tlsVersion: String?
     private var cipher: String?
     private let acceptedAt: Int64
+    private let acceptedAtMicroseconds = monotonicMicroseconds()
+
+    /// Counted in `ward_active_connections` (allowed or audit-passed), so close uncounts it.
+    private var counted = false
     private var lastActivity: Int64
     private var bytesIn: Int64 = 0
     private var bytesOut: Int64 = 0
@@ -156,11 +161,18 @@ final class Connection {
         }
         tlsVersion = String(cString: SSL_get_version(ssl))
         if let current = SSL_get_current_cipher(ssl) { cipher = String(cString: SSL_CIPHER_get_name(current)) }
+        let metrics = worker.metrics
+        metrics.handshakeDuration(seconds: Double(monotonicMicroseconds() - acceptedAtMicroseconds) / 1e6)
+        if let notAfter = check.notAfter {
+            metrics.peerSVIDRemaining(seconds: Double(notAfter - Int64(worker.now.tv_sec)))
+        }
         let decision = decide(peer)
         self.decision = decision
         if decision.isAllowed {
+            metrics.connection(listener: listenerIndex, .allow)
             worker.log.append(record("allow").finish())
         } else {
+            metrics.connection(listener: listenerIndex, decision.enforced ? .deny : .auditDeny)
             var line = record("deny")
             line.add("reason", ReasonCode.ruleDenied.rawValue)
             line.add("enforced", decision.enforced)
@@ -170,10 +182,13 @@ final class Connection {
             sendCloseNotifyAndRelease()
             return
         }
+        counted = true
+        metrics.active(listener: listenerIndex, 1)
         connectUpstream()
     }
 
     private func failHandshake(_ reason: ReasonCode, detail: String?) {
+        worker.metrics.handshakeError(listener: listenerIndex, reason: reason.index)
         var line = record("handshake_error")
         line.add("reason", reason.rawValue)
         line.add("detail", detail)
@@ -312,6 +327,7 @@ final class Connection {
         guard count > 0 else { return }
         evbuffer_add_buffer(output, input)
         if toUpstream { bytesIn += count } else { bytesOut += count }
+        worker.metrics.bytes(listener: listenerIndex, toUpstream ? .incoming : .outgoing, count)
         lastActivity = worker.nowMilliseconds
         if evbuffer_get_length(output) >= Self.highWatermark {
             bufferevent_disable(source, Int16(EV_READ))
@@ -406,6 +422,8 @@ final class Connection {
         line.add("duration_ms", worker.nowMilliseconds - acceptedAt)
         line.add("close_cause", cause.rawValue)
         worker.log.append(line.finish())
+        if counted { worker.metrics.active(listener: listenerIndex, -1) }
+        if cause == .revoked { worker.metrics.revoked() }
         sendCloseNotifyAndRelease()
     }
 
@@ -428,6 +446,14 @@ final class Connection {
         if let upstream { bufferevent_free(upstream) }
         upstream = nil
         worker.connections[id] = nil
+    }
+
+    /// What `GET /connections` shows; built on the worker thread.
+    var info: ConnectionInfo {
+        ConnectionInfo(
+            id: id, listener: listenerName, peerID: check.id?.description, peerAddress: peerAddress,
+            sinceEpochMilliseconds: acceptedAt, bytesIn: bytesIn, bytesOut: bytesOut,
+            state: "\(state)")
     }
 
     // MARK: Log records
@@ -494,4 +520,23 @@ private let upstreamEventCallback: @convention(c) (OpaquePointer?, Int16, Unsafe
 }
 private let timerCallback: @convention(c) (Int32, Int16, UnsafeMutableRawPointer?) -> Void = {
     connection($2).timerFired()
+}
+
+/// CLOCK_MONOTONIC in microseconds (vDSO: no system call).
+func monotonicMicroseconds() -> Int64 {
+    var time = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &time)
+    return Int64(time.tv_sec) * 1_000_000 + Int64(time.tv_nsec) / 1000
+}
+
+/// One open connection, as `GET /connections` reports it.
+struct ConnectionInfo: Sendable {
+    var id: UInt64
+    var listener: String
+    var peerID: String?
+    var peerAddress: String
+    var sinceEpochMilliseconds: Int64
+    var bytesIn: Int64
+    var bytesOut: Int64
+    var state: String
 }

@@ -1,10 +1,14 @@
 import Foundation
 import Glibc
 import Synchronization
+import WardTLS
 
 /// The connection log: workers hand finished lines to `append`, which never blocks on I/O; a
 /// dedicated thread writes them. The queue is bounded: when the writer falls behind, lines are
 /// dropped, counted, and a `log_dropped` record says how many once writing catches up.
+///
+/// With `chain`, the writer adds `"prev"`, the SHA-256 of the previous line's bytes (without its
+/// newline), to every line, across reopen and restart, so `ward audit verify` detects edits.
 public final class ConnectionLog: Sendable {
     public static let defaultCapacity = 65_536
 
@@ -12,43 +16,67 @@ public final class ConnectionLog: Sendable {
         var pending: [String] = []
         var dropped: Int64 = 0
         var closed = false
+        var reopen = false
     }
 
     private let state = Mutex(State())
+    private let droppedTotal = Atomic<Int64>(0)
     private let wakeup = DispatchSemaphore(value: 0)
     private let finished = DispatchSemaphore(value: 0)
     private let capacity: Int
-    private let descriptor: Int32
-    private let ownsDescriptor: Bool
+    private let path: String
+    private let chain: Bool
+    /// Owned by the writer thread once it starts.
+    private nonisolated(unsafe) var descriptor: Int32
+    private nonisolated(unsafe) var previousDigest: String
+
+    public static let genesisDigest = String(repeating: "0", count: 64)
 
     /// Opens `path` for appending (`-` is standard output). Call at start-up, not on a loop.
-    public init(path: String, capacity: Int = ConnectionLog.defaultCapacity) throws(LogOpenError) {
-        if path == "-" {
-            descriptor = STDOUT_FILENO
-            ownsDescriptor = false
-        } else {
-            let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
-            guard fd >= 0 else { throw LogOpenError(path: path, reason: String(cString: strerror(errno))) }
-            descriptor = fd
-            ownsDescriptor = true
-        }
+    public init(path: String, chain: Bool = false, capacity: Int = ConnectionLog.defaultCapacity)
+        throws(LogOpenError)
+    {
+        self.path = path
+        self.chain = chain
         self.capacity = capacity
+        descriptor = try Self.open(path)
+        // A chain continues from the last line already in the file.
+        previousDigest = chain ? Self.lastLineDigest(path) ?? Self.genesisDigest : Self.genesisDigest
         let thread = Thread { [self] in self.writeLoop() }
         thread.name = "ward-log"
         thread.start()
     }
 
+    private static func open(_ path: String) throws(LogOpenError) -> Int32 {
+        if path == "-" { return STDOUT_FILENO }
+        let fd = Glibc.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
+        guard fd >= 0 else { throw LogOpenError(path: path, reason: String(cString: strerror(errno))) }
+        return fd
+    }
+
     /// Queues one finished line. Safe from any thread; takes a short lock, never waits for I/O.
     public func append(_ line: String) {
-        let accepted = state.withLock { state -> Bool in
-            guard state.pending.count < capacity, !state.closed else {
+        let wake = state.withLock { state -> Bool in
+            guard !state.closed else { return false }
+            guard state.pending.count < capacity else {
                 state.dropped += 1
+                droppedTotal.add(1, ordering: .relaxed)
                 return false
             }
             state.pending.append(line)
             return state.pending.count == 1
         }
-        if accepted { wakeup.signal() }
+        if wake { wakeup.signal() }
+    }
+
+    /// Lines dropped since start, for `ward_log_dropped_total`.
+    public var dropped: Int64 { droppedTotal.load(ordering: .relaxed) }
+
+    /// Closes and reopens the file by name (after logrotate moved it). Any thread; the writer
+    /// does it between two batches, so no line is lost or split.
+    public func reopen() {
+        state.withLock { $0.reopen = true }
+        wakeup.signal()
     }
 
     /// Writes everything queued, then stops the writer. Blocks: call at shutdown only.
@@ -56,32 +84,49 @@ public final class ConnectionLog: Sendable {
         state.withLock { $0.closed = true }
         wakeup.signal()
         finished.wait()
-        if ownsDescriptor { Glibc.close(descriptor) }
+        if descriptor != STDOUT_FILENO { Glibc.close(descriptor) }
     }
 
     private func writeLoop() {
         while true {
-            let (batch, dropped, closed) = state.withLock { state in
-                let taken = (state.pending, state.dropped, state.closed)
+            let (batch, dropped, closed, reopen) = state.withLock { state in
+                let taken = (state.pending, state.dropped, state.closed, state.reopen)
                 state.pending = []
                 state.pending.reserveCapacity(64)
                 state.dropped = 0
+                state.reopen = false
                 return taken
             }
+            if reopen { reopenFile() }
             if batch.isEmpty && dropped == 0 {
                 if closed { break }
-                wakeup.wait()
+                if !reopen { wakeup.wait() }
                 continue
             }
-            var chunk = batch.joined()
+            var lines = batch
             if dropped > 0 {
                 var line = LogLine(event: "log_dropped", connection: nil, timestamp: Self.now())
                 line.add("dropped", dropped)
-                chunk += line.finish()
+                lines.append(line.finish())
             }
-            write(chunk)
+            write(chain ? lines.map(chained).joined() : lines.joined())
         }
         finished.signal()
+    }
+
+    /// Adds `"prev"` and remembers this line's digest for the next.
+    private func chained(_ line: String) -> String {
+        var body = line
+        if body.hasSuffix("}\n") { body.removeLast(2) }
+        body += ",\"prev\":\"\(previousDigest)\"}"
+        previousDigest = Digest.sha256Hex(Data(body.utf8))
+        return body + "\n"
+    }
+
+    private func reopenFile() {
+        guard path != "-", let fresh = try? Self.open(path) else { return }
+        Glibc.close(descriptor)
+        descriptor = fresh
     }
 
     private func write(_ chunk: String) {
@@ -99,6 +144,19 @@ public final class ConnectionLog: Sendable {
                 offset += written
             }
         }
+    }
+
+    /// SHA-256 of the last line of `path`, or nil if it has none.
+    static func lastLineDigest(_ path: String) -> String? {
+        guard path != "-", let handle = FileHandle(forReadingAtPath: path) else { return nil }
+        defer { try? handle.close() }
+        let size = (try? handle.seekToEnd()) ?? 0
+        let window = min(size, 1 << 20)
+        try? handle.seek(toOffset: size - window)
+        guard let data = try? handle.readToEnd(), !data.isEmpty else { return nil }
+        var lines = data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: true)
+        guard let last = lines.popLast() else { return nil }
+        return Digest.sha256Hex(Data(last))
     }
 
     static func now() -> timeval {

@@ -90,6 +90,7 @@ final class FileWatcher {
         retries = 0
         if !outcome.ok {
             reloader.logLine(outcome, trigger: "file")
+            reloader.metrics.reload(ok: false)
         } else if outcome.changed {
             watch(reloader.store.load().snapshot.config.watchedFiles)
         }

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import WardConfig
+import WardObservability
 import WardTLS
 
 /// The result of one reload, as logged and as `POST /reload` and `ward reload` report it.
@@ -37,12 +38,14 @@ final class Reloader {
     let configPath: String
     let store: SnapshotStore
     let log: ConnectionLog
+    let metrics: MetricsRegistry
     var workers: [Worker] = []
 
-    init(configPath: String, store: SnapshotStore, log: ConnectionLog) {
+    init(configPath: String, store: SnapshotStore, log: ConnectionLog, metrics: MetricsRegistry) {
         self.configPath = configPath
         self.store = store
         self.log = log
+        self.metrics = metrics
     }
 
     /// The first generation, built at start-up.
@@ -94,6 +97,7 @@ final class Reloader {
         }
         outcome.durationMilliseconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e6
         if outcome.ok || logFailure { logLine(outcome, trigger: trigger) }
+        if outcome.ok || logFailure { metrics.reload(ok: outcome.ok) }
         return outcome
     }
 
@@ -125,6 +129,7 @@ final class Reloader {
         if old.workers != new.workers { return "workers changed" }
         if old.logPath != new.logPath { return "log changed" }
         if old.admin != new.admin { return "admin changed" }
+        if old.logChain != new.logChain { return "log_chain changed" }
         return nil
     }
 
@@ -133,6 +138,6 @@ final class Reloader {
         func read(_ path: String) -> Data { FileManager.default.contents(atPath: path) ?? Data() }
         let sources = [read(config.configPath), read(config.rulesFile.path)]
         let files = sources + config.watchedFiles.dropFirst(2).map(read)
-        return (Digest.sha256Hex(sources), Digest.sha256Hex(files))
+        return (Digest.sha256Hex(lengthPrefixed: sources), Digest.sha256Hex(lengthPrefixed: files))
     }
 }

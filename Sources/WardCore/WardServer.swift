@@ -3,6 +3,8 @@ import Foundation
 import Glibc
 import Logging
 import WardConfig
+import WardIdentity
+import WardObservability
 
 /// Runs Ward: binds every listener, starts the workers, then serves the control loop on the
 /// calling thread: SIGTERM/SIGINT stop, SIGHUP reloads, the admin endpoint, the file watcher.
@@ -27,7 +29,10 @@ public final class WardServer {
         evthread_use_pthreads()
         signal(SIGPIPE, SIG_IGN)
 
-        let log = try ConnectionLog(path: snapshot.config.logPath)
+        let log = try ConnectionLog(path: snapshot.config.logPath, chain: snapshot.config.logChain)
+        let metrics = MetricsRegistry(
+            listenerNames: snapshot.listeners.map(\.name), reasonNames: ReasonCode.allCases.map(\.rawValue),
+            workers: workerCount)
         var sockets: [[Int32]] = []
         do {
             for listener in snapshot.listeners { try ListenerSocket.checkAvailable(listener.listen) }
@@ -41,7 +46,7 @@ public final class WardServer {
         }
 
         let store = SnapshotStore(try Reloader.publication(for: snapshot, generation: 1, workers: workerCount))
-        let reloader = Reloader(configPath: snapshot.config.configPath, store: store, log: log)
+        let reloader = Reloader(configPath: snapshot.config.configPath, store: store, log: log, metrics: metrics)
         guard let base = event_base_new() else { throw WorkerError(message: "event_base_new failed") }
         defer { event_base_free(base) }
         var admin: AdminServer?
@@ -53,7 +58,10 @@ public final class WardServer {
 
         var workers: [Worker] = []
         for (index, workerSockets) in sockets.enumerated() {
-            workers.append(try Worker(index: index, store: store, sockets: workerSockets, log: log, logger: logger))
+            workers.append(
+                try Worker(
+                    index: index, store: store, sockets: workerSockets, log: log, metrics: metrics.workers[index],
+                    logger: logger))
         }
         reloader.workers = workers
         for worker in workers { worker.start() }
@@ -77,11 +85,13 @@ public final class WardServer {
     /// Runs until SIGTERM or SIGINT; SIGHUP reloads in between.
     private func serveControlLoop(_ base: OpaquePointer, _ reloader: Reloader) {
         let control = ControlContext(base: base, reloader: reloader)
+        let logForSignal = Unmanaged.passUnretained(reloader.log).toOpaque()
         let context = Unmanaged.passUnretained(control).toOpaque()
         let events = [
             event_new(base, SIGTERM, Int16(EV_SIGNAL | EV_PERSIST), stopSignalCallback, context),
             event_new(base, SIGINT, Int16(EV_SIGNAL | EV_PERSIST), stopSignalCallback, context),
             event_new(base, SIGHUP, Int16(EV_SIGNAL | EV_PERSIST), reloadSignalCallback, context),
+            event_new(base, SIGUSR1, Int16(EV_SIGNAL | EV_PERSIST), reopenSignalCallback, logForSignal),
         ].compactMap { $0 }
         for event in events { event_add(event, nil) }
         event_base_dispatch(base)
@@ -103,6 +113,13 @@ private let stopSignalCallback: @convention(c) (Int32, Int16, UnsafeMutableRawPo
     _, _, context in
     guard let context else { return }
     event_base_loopbreak(Unmanaged<ControlContext>.fromOpaque(context).takeUnretainedValue().base)
+}
+
+/// SIGUSR1: reopen the connection log by name, after logrotate moved it.
+private let reopenSignalCallback: @convention(c) (Int32, Int16, UnsafeMutableRawPointer?) -> Void = {
+    _, _, context in
+    guard let context else { return }
+    Unmanaged<ConnectionLog>.fromOpaque(context).takeUnretainedValue().reopen()
 }
 
 private let reloadSignalCallback: @convention(c) (Int32, Int16, UnsafeMutableRawPointer?) -> Void = {

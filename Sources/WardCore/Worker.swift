@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import Logging
 import Synchronization
+import WardObservability
 import WardPolicy
 import WardTLS
 
@@ -22,6 +23,7 @@ final class Worker: @unchecked Sendable {
     private(set) var publication: Publication
     let log: ConnectionLog
     let logger: Logger
+    let metrics: WorkerMetrics
     var snapshot: RuntimeSnapshot { publication.snapshot }
     var tls: TLSServerContext { publication.contexts[index] }
     var handshakeTimeout: timeval { timeval(duration: snapshot.config.handshakeTimeout) }
@@ -34,9 +36,16 @@ final class Worker: @unchecked Sendable {
     private let stopped = DispatchSemaphore(value: 0)
     private var closeListenersEvent: OpaquePointer?
     private var reloadEvent: OpaquePointer?
+    private var taskEvent: OpaquePointer?
+    /// Work other threads hand to this loop (admin queries); drained by `taskEvent`.
+    private let tasks = Mutex<[@Sendable () -> Void]>([])
+    private let running = Atomic<Bool>(false)
     private let listenersClosed = DispatchSemaphore(value: 0)
 
-    init(index: Int, store: SnapshotStore, sockets: [Int32], log: ConnectionLog, logger: Logger) throws {
+    init(
+        index: Int, store: SnapshotStore, sockets: [Int32], log: ConnectionLog, metrics: WorkerMetrics, logger: Logger
+    ) throws {
+        self.metrics = metrics
         guard let base = event_base_new() else { throw WorkerError(message: "event_base_new failed") }
         self.index = index
         self.base = base
@@ -59,6 +68,7 @@ final class Worker: @unchecked Sendable {
         }
         stopEvent = event_new(base, -1, Int16(EV_PERSIST), stopCallback, context)
         reloadEvent = event_new(base, -1, Int16(EV_PERSIST), reloadCallback, context)
+        taskEvent = event_new(base, -1, Int16(EV_PERSIST), taskCallback, context)
         closeListenersEvent = event_new(base, -1, Int16(EV_PERSIST), closeListenersCallback, context)
     }
 
@@ -67,13 +77,17 @@ final class Worker: @unchecked Sendable {
     deinit {
         if let stopEvent { event_free(stopEvent) }
         if let reloadEvent { event_free(reloadEvent) }
+        if let taskEvent { event_free(taskEvent) }
         if let closeListenersEvent { event_free(closeListenersEvent) }
         event_base_free(base)
     }
 
     func start() {
+        running.store(true, ordering: .releasing)
         let thread = Thread { [self] in
             event_base_loop(base, EVLOOP_NO_EXIT_ON_EMPTY)
+            running.store(false, ordering: .releasing)
+            runTasks()  // nobody waits forever on a stopped loop
             stopped.signal()
         }
         thread.name = "ward-worker-\(index)"
@@ -105,6 +119,35 @@ final class Worker: @unchecked Sendable {
         listeners.removeAll()
         for connection in Array(connections.values) { connection.close(cause: .shutdown) }
         event_base_loopexit(base, nil)
+    }
+
+    /// Whether the loop is running (for `/healthz`).
+    var isRunning: Bool { running.load(ordering: .acquiring) }
+
+    /// Runs `body` on the worker's thread and returns its result; blocks the caller until then.
+    /// For the admin thread only, never from a data-plane loop.
+    func onLoop<T: Sendable>(_ body: @escaping @Sendable (Worker) -> T) -> T? {
+        guard isRunning else { return nil }
+        let done = DispatchSemaphore(value: 0)
+        let result = Mutex<T?>(nil)
+        tasks.withLock {
+            $0.append { [unowned self] in
+                let value = body(self)
+                result.withLock { $0 = value }
+                done.signal()
+            }
+        }
+        event_active(taskEvent, EV_READ, 0)
+        done.wait()
+        return result.withLock { $0 }
+    }
+
+    fileprivate func runTasks() {
+        let pending = tasks.withLock { tasks in
+            defer { tasks = [] }
+            return tasks
+        }
+        for task in pending { task() }
     }
 
     /// Wakes the worker to adopt a new generation and re-check its open connections. Any thread.
@@ -144,6 +187,7 @@ final class Worker: @unchecked Sendable {
     fileprivate func pauseAccepting(_ box: ListenerContext, error: Int32) {
         guard box.listenerIndex < listeners.count else { return }
         evconnlistener_disable(listeners[box.listenerIndex])
+        metrics.pausedListeners(1)
         writeDiagnostic(
             "ward: worker \(index) listener \(snapshot.listeners[box.listenerIndex].name): accept failed: "
                 + "\(String(cString: strerror(error))); pausing accepts for 100ms\n")
@@ -156,6 +200,7 @@ final class Worker: @unchecked Sendable {
         // After shutdown the listeners are gone; nothing to resume.
         guard box.listenerIndex < listeners.count else { return }
         evconnlistener_enable(listeners[box.listenerIndex])
+        metrics.pausedListeners(-1)
     }
 
     static let acceptRetryDelay = timeval(tv_sec: 0, tv_usec: 100_000)
@@ -214,6 +259,12 @@ private let closeListenersCallback: @convention(c) (Int32, Int16, UnsafeMutableR
     _, _, context in
     guard let context else { return }
     Unmanaged<Worker>.fromOpaque(context).takeUnretainedValue().closeListeners()
+}
+
+private let taskCallback: @convention(c) (Int32, Int16, UnsafeMutableRawPointer?) -> Void = {
+    _, _, context in
+    guard let context else { return }
+    Unmanaged<Worker>.fromOpaque(context).takeUnretainedValue().runTasks()
 }
 
 private let reloadCallback: @convention(c) (Int32, Int16, UnsafeMutableRawPointer?) -> Void = {

@@ -19,4 +19,7 @@ public enum ReasonCode: String, Error, Sendable, CaseIterable {
     case handshakeTimeout = "handshake_timeout"
     case tlsError = "tls_error"
     case protocolVersion = "protocol_version"
+
+    /// Position in `allCases`, for per-reason counters.
+    public var index: Int { Self.allCases.firstIndex(of: self)! }
 }
