@@ -32,7 +32,10 @@ let package = Package(
             dependencies: ["WardIdentity", "WardPolicy", .product(name: "Yams", package: "Yams")]
         ),
         .target(name: "WardTLS", dependencies: ["WardIdentity", "COpenSSL", "CWardShims"]),
-        .target(name: "WardObservability", dependencies: [.product(name: "Atomics", package: "swift-atomics")]),
+        .target(
+            name: "WardObservability",
+            dependencies: ["WardIdentity", "WardPolicy", .product(name: "Atomics", package: "swift-atomics")]
+        ),
         .target(
             name: "WardCore",
             dependencies: [
@@ -48,10 +51,13 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .executableTarget(name: "ward-bench", dependencies: ["WardPolicy", "WardIdentity"], path: "Sources/WardBench"),
+        .executableTarget(
+            name: "ward-bench", dependencies: ["WardPolicy", "WardIdentity", "WardCore"], path: "Sources/WardBench"),
         .testTarget(name: "WardIdentityTests", dependencies: ["WardIdentity"]),
         .testTarget(name: "WardPolicyTests", dependencies: ["WardPolicy", "WardIdentity"]),
-        .testTarget(name: "WardObservabilityTests", dependencies: ["WardObservability"]),
+        .testTarget(
+            name: "WardObservabilityTests", dependencies: ["WardObservability", "WardPolicy", "WardIdentity"]
+        ),
         .testTarget(
             name: "WardConfigTests",
             dependencies: ["WardConfig", "WardPolicy", "WardIdentity"]

@@ -13,6 +13,10 @@ struct RuleBench {
             allocationProbe(decisions: count)
             return
         }
+        if arguments.first == "log" {
+            LogBench.run(path: arguments.dropFirst().first ?? "/tmp/ward-bench.log")
+            return
+        }
         let sizes = arguments.compactMap(Int.init)
         print("rules      compile_ms  rss_mib  hit_ns  pattern_hit_ns  miss_ns  cold_hit_ns")
         for size in sizes.isEmpty ? [10, 1_000, 100_000, 1_000_000] : sizes {

@@ -12,7 +12,7 @@ struct WardCommand: ParsableCommand {
         commandName: "ward",
         abstract: "An mTLS reverse proxy that enforces SPIFFE workload identity.",
         version: version,
-        subcommands: [Run.self, Check.self, Explain.self, Reload.self]
+        subcommands: [Run.self, Check.self, Explain.self, Reload.self, Logs.self, Audit.self, Suggest.self]
     )
 }
 

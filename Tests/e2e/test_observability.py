@@ -1,0 +1,301 @@
+"""Admin endpoints, metrics, log rotation, tamper evidence, ward logs and ward suggest, end to end."""
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+import harness
+from clients import context, exchange
+
+RULES = """default: deny
+rules:
+  - name: web
+    action: allow
+    from: [spiffe://example.org/ns/prod/sa/web]
+    to: [svc]
+  - name: billing-trial
+    action: deny
+    mode: audit
+    from: [spiffe://partner.org/**]
+    to: [svc]
+"""
+
+
+def admin_get(ward, path, method="GET"):
+    """One HTTP/1.0 request over the admin Unix socket: (status, body)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(os.path.join(ward.folder, "admin.sock"))
+        s.sendall(f"{method} {path} HTTP/1.0\r\nHost: ward\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode()
+
+
+def parse_metrics(text):
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+def start(certs, tmp_path, extra="", rules=RULES, upstream_mode="echo-line"):
+    upstream = harness.Upstream(upstream_mode)
+    listen = harness.free_port()
+    ward = harness.Ward(str(tmp_path), harness.config(certs["dir"], [("svc", listen, upstream.port)], extra), rules)
+    return ward.start(), listen, upstream
+
+
+def test_metrics_match_the_connections_made(certs, tmp_path):
+    ward, listen, upstream = start(certs, tmp_path)
+    try:
+        mark = ward.mark()
+        for _ in range(3):
+            assert exchange(listen, context(certs, "web"), b"hi\n").data == b"echo: hi\n"
+        for _ in range(2):
+            assert exchange(listen, context(certs, "batch"), b"hi\n").data == b""
+        assert exchange(listen, context(certs, "billing"), b"audit\n").data == b"echo: audit\n"
+        assert exchange(listen, context(certs), b"x").data == b""
+        assert exchange(listen, context(certs, "expired"), b"x").data == b""
+        # 3 allowed and 1 audit-passed connections each end with a close line.
+        deadline = time.monotonic() + 10
+        while len([r for r in ward.lines(mark) if r["event"] == "close"]) < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        status, body = admin_get(ward, "/metrics")
+        assert status == 200
+        m = parse_metrics(body)
+        assert m['ward_connections_total{listener="svc",decision="allow"}'] == 3
+        assert m['ward_connections_total{listener="svc",decision="deny"}'] == 2
+        assert m['ward_connections_total{listener="svc",decision="audit_deny"}'] == 1
+        assert m['ward_handshake_errors_total{listener="svc",reason="no_client_cert"}'] == 1
+        assert m['ward_handshake_errors_total{listener="svc",reason="expired"}'] == 1
+        assert m['ward_active_connections{listener="svc"}'] == 0
+        assert m['ward_bytes_total{listener="svc",direction="in"}'] == 3 * 3 + 6
+        assert m['ward_bytes_total{listener="svc",direction="out"}'] == 3 * 9 + 12
+        assert m["ward_handshake_duration_seconds_count"] == 6
+        assert m['ward_handshake_duration_seconds_bucket{le="+Inf"}'] == 6
+        assert m["ward_peer_svid_remaining_seconds_count"] == 6
+        assert m["ward_rules_generation"] == 1
+        assert m["ward_log_dropped_total"] == 0
+        assert m["ward_svid_expiry_timestamp_seconds"] == certs["ward"].cert.not_valid_after_utc.timestamp()
+        subprocess.run([harness.WARD, "reload", "--config", ward.config_path], check=True, capture_output=True)
+        m = parse_metrics(admin_get(ward, "/metrics")[1])
+        assert m['ward_reloads_total{result="ok"}'] == 1 and m["ward_rules_generation"] == 2
+    finally:
+        ward.stop()
+        upstream.close()
+
+
+def test_rules_and_connections_endpoints(certs, tmp_path):
+    ward, listen, upstream = start(certs, tmp_path, upstream_mode="hold")
+    try:
+        status, body = admin_get(ward, "/rules")
+        rules = json.loads(body)
+        assert status == 200 and rules["generation"] == 1 and rules["rules"] == 2
+        assert rules["listeners"] == {"svc": 2}
+        assert rules["sources"]["rules"] == os.path.join(ward.folder, "rules.yaml")
+        expected = hashlib.sha256()
+        for path in (ward.config_path, rules["sources"]["rules"]):
+            data = open(path, "rb").read()
+            expected.update(len(data).to_bytes(8, "big") + data)
+        assert rules["sha256"] == expected.hexdigest()
+        raw = socket.create_connection(("127.0.0.1", listen), timeout=10)
+        tls = context(certs, "web").wrap_socket(raw)
+        tls.sendall(b"12345")
+        assert tls.recv(5) == b"12345"
+        connections = json.loads(admin_get(ward, "/connections")[1])["connections"]
+        assert len(connections) == 1
+        c = connections[0]
+        assert c["peer_id"] == "spiffe://example.org/ns/prod/sa/web" and c["listener"] == "svc"
+        assert c["peer_addr"] == f"127.0.0.1:{tls.getsockname()[1]}"
+        assert c["bytes_in"] == 5 and c["bytes_out"] == 5 and c["since"].endswith("Z")
+        tls.close()
+        assert admin_get(ward, "/nope")[0] == 404
+        assert admin_get(ward, "/metrics", method="POST")[0] == 405
+    finally:
+        ward.stop()
+        upstream.close()
+
+
+def test_healthz_fails_when_own_svid_is_about_to_expire(certs, tmp_path):
+    # The test PKI's own SVID lives 1h: demanding 2h left must flip /healthz to 503.
+    ward, _, upstream = start(certs, tmp_path, extra="svid_min_remaining: 2h\n")
+    try:
+        status, body = admin_get(ward, "/healthz")
+        assert status == 503
+        health = json.loads(body)
+        assert health["status"] == "unhealthy"
+        assert any("own SVID expires in" in reason for reason in health["reasons"])
+    finally:
+        ward.stop()
+        upstream.close()
+
+
+def test_healthz_ok(certs, tmp_path):
+    ward, _, upstream = start(certs, tmp_path)
+    try:
+        status, body = admin_get(ward, "/healthz")
+        assert status == 200 and json.loads(body)["status"] == "ok"
+    finally:
+        ward.stop()
+        upstream.close()
+
+
+def test_admin_refuses_a_non_loopback_bind(certs, tmp_path):
+    config = harness.config(certs["dir"], [("svc", 1, 2)]).replace("admin: admin.sock", "admin: 0.0.0.0:9901")
+    ward = harness.Ward(str(tmp_path), config, RULES)
+    out = subprocess.run([harness.WARD, "run", "--config", ward.config_path], capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 1
+    assert "admin '0.0.0.0:9901' is not loopback or a Unix socket; set admin_allow_remote: true" in out.stderr
+    with open(ward.config_path, "a") as f:
+        f.write("admin_allow_remote: true\n")
+    check = subprocess.run([harness.WARD, "check", "--config", ward.config_path], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout
+
+
+def traffic(listen, certs, count):
+    for _ in range(count):
+        assert exchange(listen, context(certs, "web"), b"hi\n").data == b"echo: hi\n"
+
+
+def wait_lines(paths, count, timeout=15):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        total = sum(len(open(p).read().splitlines()) for p in paths if os.path.exists(p))
+        if total >= count:
+            return total
+        time.sleep(0.02)
+    return total
+
+
+def test_log_rotation_loses_no_line(certs, tmp_path):
+    ward, listen, upstream = start(certs, tmp_path)
+    try:
+        import threading
+        done = threading.Event()
+        made = []
+
+        def client():
+            while not done.is_set():
+                traffic(listen, certs, 1)
+                made.append(1)
+
+        thread = threading.Thread(target=client)
+        thread.start()
+        time.sleep(0.3)
+        rotated = ward.log_path + ".1"
+        os.rename(ward.log_path, rotated)  # what logrotate does, then its postrotate signal
+        ward.process.send_signal(signal.SIGUSR1)
+        time.sleep(0.3)
+        done.set()
+        thread.join()
+        expected = 2 * len(made)  # allow + close per connection
+        assert wait_lines([rotated, ward.log_path], expected) == expected
+        assert os.path.getsize(ward.log_path) > 0 and os.path.getsize(rotated) > 0
+    finally:
+        ward.stop()
+        upstream.close()
+
+
+def verify(path):
+    return subprocess.run([harness.WARD, "audit", "verify", path], capture_output=True, text=True, timeout=30)
+
+
+def test_chained_log_detects_tampering_and_continues_across_rotation(certs, tmp_path):
+    ward, listen, upstream = start(certs, tmp_path, extra="log_chain: true\n")
+    try:
+        traffic(listen, certs, 3)
+        assert wait_lines([ward.log_path], 6) == 6
+        rotated = ward.log_path + ".1"
+        os.rename(ward.log_path, rotated)
+        ward.process.send_signal(signal.SIGUSR1)
+        traffic(listen, certs, 3)
+        assert wait_lines([ward.log_path], 6) == 6
+    finally:
+        ward.stop()
+        upstream.close()
+    old = open(rotated, "rb").read().splitlines()
+    new = open(ward.log_path, "rb").read().splitlines()
+    assert json.loads(new[0])["prev"] == hashlib.sha256(old[-1]).hexdigest()
+    for i in range(1, len(new)):
+        assert json.loads(new[i])["prev"] == hashlib.sha256(new[i - 1]).hexdigest()
+    out = verify(ward.log_path)
+    assert out.returncode == 0 and "6 lines, chain intact" in out.stdout
+
+    combined = str(tmp_path / "combined.log")
+    open(combined, "wb").write(b"\n".join(old + new) + b"\n")
+    assert verify(combined).returncode == 0
+
+    lines = old + new
+    tampered = list(lines)
+    middle = 6  # 1-based line 6
+    tampered[middle - 1] = tampered[middle - 1].replace(b'"listener":"svc"', b'"listener":"svd"')
+    path = str(tmp_path / "edited.log")
+    open(path, "wb").write(b"\n".join(tampered) + b"\n")
+    out = verify(path)
+    assert out.returncode == 1
+    assert out.stdout.startswith(f"{path}:{middle}: ")
+
+    deleted = lines[:4] + lines[5:]
+    path = str(tmp_path / "deleted.log")
+    open(path, "wb").write(b"\n".join(deleted) + b"\n")
+    out = verify(path)
+    assert out.returncode == 1 and "removed" in out.stdout
+
+
+def test_ward_logs_filters_and_renders(certs, tmp_path):
+    ward, listen, upstream = start(certs, tmp_path)
+    try:
+        traffic(listen, certs, 2)
+        exchange(listen, context(certs, "batch"), b"x\n")
+        wait_lines([ward.log_path], 5)
+    finally:
+        ward.stop()
+        upstream.close()
+    run = lambda *a: subprocess.run([harness.WARD, "logs", ward.log_path, *a], capture_output=True, text=True)
+    allows = run("--event", "allow").stdout.splitlines()
+    assert len(allows) == 2 and all(" allow " in line and "rule=web" in line for line in allows)
+    assert "\x1b[" not in "".join(allows)  # no colour when not a terminal
+    denied = run("--peer", "spiffe://example.org/ns/dev/**").stdout.splitlines()
+    assert len(denied) == 1 and "deny" in denied[0] and "reason=rule_denied" in denied[0]
+    as_json = [json.loads(line) for line in run("--json", "--listener", "svc", "--event", "close").stdout.splitlines()]
+    assert len(as_json) == 2 and {r["event"] for r in as_json} == {"close"}
+    assert run("--peer", "spiffe://example.org/ns/we*").returncode == 1
+
+
+def test_suggest_turns_observed_traffic_into_rules(certs, tmp_path):
+    # Discovery: everything in audit mode, traffic recorded, then rules suggested from the log.
+    audit_rules = "default: deny\nmode: audit\nrules: []\n"
+    ward, listen, upstream = start(certs, tmp_path, rules=audit_rules)
+    try:
+        traffic(listen, certs, 2)
+        assert exchange(listen, context(certs, "billing"), b"x\n").data == b"echo: x\n"
+        wait_lines([ward.log_path], 6)
+    finally:
+        ward.stop()
+        upstream.close()
+    out = subprocess.run([harness.WARD, "suggest", "--from-log", ward.log_path], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "# 2 connection(s), first" in out.stdout
+    with open(os.path.join(ward.folder, "rules.yaml"), "w") as f:
+        f.write(out.stdout)
+    explain = lambda peer: subprocess.run(
+        [harness.WARD, "explain", "--config", ward.config_path, "--from", peer, "--to", "svc"], capture_output=True,
+        text=True)
+    assert explain("spiffe://example.org/ns/prod/sa/web").returncode == 0
+    assert explain("spiffe://partner.org/ns/prod/sa/billing").returncode == 0
+    assert explain("spiffe://example.org/ns/dev/sa/batch").returncode == 3
+    assert explain("spiffe://example.org/ns/prod/sa/other").returncode == 3
+    check = subprocess.run([harness.WARD, "check", "--config", ward.config_path], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout
