@@ -299,3 +299,28 @@ def test_suggest_turns_observed_traffic_into_rules(certs, tmp_path):
     assert explain("spiffe://example.org/ns/prod/sa/other").returncode == 3
     check = subprocess.run([harness.WARD, "check", "--config", ward.config_path], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout
+
+
+def test_ward_logs_follows_across_rotation(tmp_path):
+    path = str(tmp_path / "connections.log")
+    record = lambda n: json.dumps({"ts": "2026-11-22T00:00:00.000Z", "event": "allow", "conn": n,
+                                   "listener": "svc", "peer_id": "spiffe://example.org/a"}) + "\n"
+    open(path, "w").write(record(1))
+    follower = subprocess.Popen([harness.WARD, "logs", path, "--follow", "--json"], stdout=subprocess.PIPE, text=True)
+    import threading
+    guard = threading.Timer(15, follower.kill)  # a hung follower ends the test instead of the run
+    guard.start()
+    try:
+        assert json.loads(follower.stdout.readline())["conn"] == 1
+        with open(path, "a") as f:
+            f.write(record(2))
+        assert json.loads(follower.stdout.readline())["conn"] == 2
+        os.rename(path, path + ".1")
+        with open(path + ".1", "a") as f:
+            f.write(record(3))  # written to the old file after the move, before the reopen
+        open(path, "w").write(record(4))
+        assert [json.loads(follower.stdout.readline())["conn"] for _ in range(2)] == [3, 4]
+    finally:
+        guard.cancel()
+        follower.kill()
+        follower.wait()
