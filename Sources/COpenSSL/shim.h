@@ -11,4 +11,5 @@
 #include <openssl/evp.h>
 #include <openssl/bio.h>
 #include <openssl/crypto.h>
+#include <openssl/rand.h>
 #endif

@@ -104,6 +104,14 @@ public enum ConfigLoader {
                 problems.append(ConfigProblem(file: path, line: node.line, message: "log_chain must be true or false"))
             }
         }
+        var resumption = false
+        if let node = top.take("resumption") {
+            if case .scalar(let scalar) = node, ["on", "off", "true", "false"].contains(scalar.string) {
+                resumption = scalar.string == "on" || scalar.string == "true"
+            } else {
+                problems.append(ConfigProblem(file: path, line: node.line, message: "resumption must be on or off"))
+            }
+        }
         var admin = AdminAddress.unix(path: AdminAddress.defaultPath)
         var adminIsDefault = true
         var allowRemote = false
@@ -144,12 +152,14 @@ public enum ConfigLoader {
         }
 
         guard let identityCert, let identityKey, let listeners, let rulesFile, let rules else { return nil }
-        return WardConfiguration(
+        var configuration = WardConfiguration(
             configPath: path, identityCert: identityCert, identityKey: identityKey,
             trustDomains: trustDomains, listeners: listeners, rulesFile: rulesFile, rules: rules,
             logPath: logPath, workers: workers, handshakeTimeout: handshakeTimeout,
             idleTimeout: idleTimeout, upstreamConnectTimeout: connectTimeout, maxSVIDLifetime: maxLifetime,
             admin: admin, svidMinRemaining: svidMinRemaining, logChain: logChain, adminIsDefault: adminIsDefault)
+        configuration.resumption = resumption
+        return configuration
     }
 
     private static func readListeners(_ node: Node, file: String, problems: inout [ConfigProblem])

@@ -112,6 +112,8 @@ public struct WardConfiguration: Sendable {
     public var svidMinRemaining: Duration
     /// Hash-chain the connection log (`prev` on every line).
     public var logChain: Bool
+    /// TLS 1.3 session resumption with stateless tickets.
+    public var resumption: Bool = false
     public var adminIsDefault: Bool
     /// Every file a reload reads, for the file watcher: config, rules, bundles, own cert and key.
     public var watchedFiles: [String] {

@@ -32,6 +32,8 @@ final class Connection {
 
     /// Past this many bytes queued towards one side, stop reading from the other (backpressure).
     static let highWatermark = 256 * 1024
+    /// Largest single read or write on either socket.
+    static let maxSingleIO = 64 * 1024
     /// Resume reading once the queue drains below this.
     static let lowWatermark = 64 * 1024
 
@@ -99,6 +101,10 @@ final class Connection {
             return
         }
         client = bev
+        // libevent reads at most 4 KiB at a time by default: one TLS record of 16 KiB per read
+        // instead cuts syscalls and callbacks per byte by four (measured: docs/performance.md).
+        bufferevent_set_max_single_read(bev, Self.maxSingleIO)
+        bufferevent_set_max_single_write(bev, Self.maxSingleIO)
         bufferevent_setcb(bev, clientReadCallback, clientWriteCallback, clientEventCallback, context)
         bufferevent_enable(bev, Int16(EV_READ | EV_WRITE))
         timer = event_new(worker.base, -1, 0, timerCallback, context)
@@ -146,6 +152,14 @@ final class Connection {
     }
 
     private func handshakeCompleted() {
+        if let client, let ssl = bufferevent_openssl_get_ssl(client), TLSServerContext.isResumed(ssl) {
+            // No certificate this time: verify the one the ticket remembers, against today's bundles.
+            generation = worker.publication.generation
+            guard worker.tls.verifyPeer(of: ssl, into: check) else {
+                failHandshake(check.reason ?? .untrustedChain, detail: check.detail)
+                return
+            }
+        }
         guard let client, let ssl = bufferevent_openssl_get_ssl(client), let peer = check.id else {
             failHandshake(.tlsError, detail: "handshake completed without a verified SVID")
             return
@@ -249,6 +263,8 @@ final class Connection {
         var one: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
         upstream = bev
+        bufferevent_set_max_single_read(bev, Self.maxSingleIO)
+        bufferevent_set_max_single_write(bev, Self.maxSingleIO)
         bufferevent_setcb(bev, upstreamReadCallback, upstreamWriteCallback, upstreamEventCallback, context)
         var connectTimeout = worker.upstreamConnectTimeout
         bufferevent_set_timeouts(bev, nil, &connectTimeout)
@@ -316,7 +332,42 @@ final class Connection {
 
     fileprivate func upstreamReadable() {
         guard state == .forwarding else { return }
+        readAhead(from: upstream)
         forward(from: upstream, to: client, toUpstream: false)
+    }
+
+    /// libevent 2.1 reads a plain socket 4 KiB at a time, so the TLS side would send 4 KiB
+    /// records, a write each. Read what else the socket holds straight into the same evbuffer
+    /// (reserve and commit: no copy through Swift) so records go out at their full 16 KiB.
+    private func readAhead(from bev: OpaquePointer?) {
+        guard let bev, let input = bufferevent_get_input(bev) else { return }
+        let buffered = evbuffer_get_length(input)
+        guard buffered >= 4096, buffered < Self.maxSingleIO else { return }
+        // A bufferevent keeps its input's end frozen except while it reads itself; thaw it for
+        // this one read. evbuffer_iovec is struct iovec on POSIX systems.
+        evbuffer_unfreeze(input, 0)
+        defer { evbuffer_freeze(input, 0) }
+        var vectors = (iovec(), iovec())
+        withUnsafeMutablePointer(to: &vectors) { pair in
+            pair.withMemoryRebound(to: iovec.self, capacity: 2) { iov in
+                let count = evbuffer_reserve_space(input, Self.maxSingleIO - buffered, iov, 2)
+                guard count > 0 else { return }
+                let got = readv(bufferevent_getfd(bev), iov, count)
+                guard got > 0 else {
+                    evbuffer_commit_space(input, iov, 0)
+                    return
+                }
+                // Shrink the reserved vectors to what was read, then commit them.
+                var remaining = got
+                var used: Int32 = 0
+                for index in 0..<Int(count) where remaining > 0 {
+                    iov[index].iov_len = min(iov[index].iov_len, remaining)
+                    remaining -= iov[index].iov_len
+                    used += 1
+                }
+                evbuffer_commit_space(input, iov, used)
+            }
+        }
     }
 
     /// Moves every buffered byte from `source` to `target` without copying it through Swift.

@@ -26,9 +26,10 @@ public struct RuntimeSnapshot: Sendable {
     }
 
     /// Builds a TLS context with its own verifier stores. Parses keys: not on an event loop.
-    func makeTLSContext() throws -> TLSServerContext {
+    func makeTLSContext(ticketKeys: [UInt8]? = nil) throws -> TLSServerContext {
         let verifier = try SVIDVerifier(bundles: bundles, policy: leafPolicy)
-        return try TLSServerContext(identity: identity, verifier: verifier)
+        return try TLSServerContext(
+            identity: identity, verifier: verifier, ticketKeys: config.resumption ? ticketKeys : nil)
     }
 }
 
