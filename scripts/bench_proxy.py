@@ -176,12 +176,13 @@ def crypto_limit():
     sign = verify = ecdh = None
     for line in out.splitlines():
         parts = line.split()
-        if "ecdsa" in line and "nistp256" in line and len(parts) >= 6:
-            sign, verify = float(parts[-4]) * 1e6, float(parts[-3]) * 1e6
-        if "ecdh" in line and "nistp256" in line and len(parts) >= 5:
-            ecdh = float(parts[-2]) * 1e6
+        # Use the ops/s columns: the seconds columns are rounded to 0.0001 s.
+        if "ecdsa" in line and "nistp256" in line:
+            sign, verify = 1e6 / float(parts[-2]), 1e6 / float(parts[-1])
+        if "ecdh" in line and "nistp256" in line:
+            ecdh = 1e6 / float(parts[-1])
     aes = sh("openssl", "speed", "-seconds", "1", "-evp", "aes-128-gcm")
-    last = [l for l in aes.splitlines() if l.startswith("AES-128-GCM") or l.startswith("aes-128-gcm")][-1].split()
+    last = [l for l in aes.splitlines() if l.upper().startswith("AES-128-GCM")][-1].split()
     gib_per_s = float(last[-1].rstrip("k")) * 1000 / 2**30  # 16 KiB blocks
     return sign + 2 * verify + ecdh, 2 / gib_per_s  # decrypt one leg, encrypt the other
 

@@ -16,4 +16,3 @@ uint64_t WardShim_SSL_OP_NO_COMPRESSION(void) { return SSL_OP_NO_COMPRESSION; }
 uint64_t WardShim_SSL_OP_CIPHER_SERVER_PREFERENCE(void) { return SSL_OP_CIPHER_SERVER_PREFERENCE; }
 uint64_t WardShim_SSL_OP_IGNORE_UNEXPECTED_EOF(void) { return SSL_OP_IGNORE_UNEXPECTED_EOF; }
 uint64_t WardShim_SSL_OP_NO_TICKET(void) { return SSL_OP_NO_TICKET; }
-long WardShim_SSL_CTX_set_tlsext_ticket_keys(SSL_CTX *ctx, void *keys, long length) { return SSL_CTX_set_tlsext_ticket_keys(ctx, keys, length); }

@@ -40,12 +40,8 @@ final class Reloader {
     let log: ConnectionLog
     let metrics: MetricsRegistry
     var workers: [Worker] = []
-    /// Shared by every worker's context so any worker resumes any ticket; rotated hourly.
-    private(set) var ticketKeys: [UInt8]
-    static let ticketKeyLifetime = timeval(tv_sec: 3600, tv_usec: 0)
 
-    init(configPath: String, store: SnapshotStore, log: ConnectionLog, metrics: MetricsRegistry, ticketKeys: [UInt8]) {
-        self.ticketKeys = ticketKeys
+    init(configPath: String, store: SnapshotStore, log: ConnectionLog, metrics: MetricsRegistry) {
         self.configPath = configPath
         self.store = store
         self.log = log
@@ -54,9 +50,9 @@ final class Reloader {
 
     /// The first generation, built at start-up.
     static func publication(
-        for snapshot: RuntimeSnapshot, generation: UInt64, workers: Int, ticketKeys: [UInt8]
+        for snapshot: RuntimeSnapshot, generation: UInt64, workers: Int
     ) throws -> Publication {
-        let contexts = try (0..<workers).map { _ in try snapshot.makeTLSContext(ticketKeys: ticketKeys) }
+        let contexts = try (0..<workers).map { _ in try snapshot.makeTLSContext() }
         let (sources, files) = digests(of: snapshot.config)
         return Publication(
             generation: generation, snapshot: snapshot, contexts: contexts, sourcesDigest: sources, filesDigest: files)
@@ -87,7 +83,7 @@ final class Reloader {
             }
             let (sources, files) = Self.digests(of: snapshot.config)
             do {
-                let contexts = try workers.indices.map { _ in try snapshot.makeTLSContext(ticketKeys: ticketKeys) }
+                let contexts = try workers.indices.map { _ in try snapshot.makeTLSContext() }
                 let publication = Publication(
                     generation: current.generation + 1, snapshot: snapshot, contexts: contexts,
                     sourcesDigest: sources, filesDigest: files)
@@ -103,15 +99,6 @@ final class Reloader {
         if outcome.ok || logFailure { logLine(outcome, trigger: trigger) }
         if outcome.ok || logFailure { metrics.reload(ok: outcome.ok) }
         return outcome
-    }
-
-    /// New ticket keys for every worker's current context, each set on its own loop. Tickets
-    /// issued under the old keys then fall back to a full handshake.
-    func rotateTicketKeys() {
-        let keys = TLSServerContext.generateTicketKeys()
-        ticketKeys = keys
-        guard store.load().snapshot.config.resumption else { return }
-        for worker in workers { _ = worker.onLoop { $0.tls.setTicketKeys(keys) } }
     }
 
     func logLine(_ outcome: ReloadOutcome, trigger: String) {

@@ -26,10 +26,9 @@ public struct RuntimeSnapshot: Sendable {
     }
 
     /// Builds a TLS context with its own verifier stores. Parses keys: not on an event loop.
-    func makeTLSContext(ticketKeys: [UInt8]? = nil) throws -> TLSServerContext {
+    func makeTLSContext() throws -> TLSServerContext {
         let verifier = try SVIDVerifier(bundles: bundles, policy: leafPolicy)
-        return try TLSServerContext(
-            identity: identity, verifier: verifier, ticketKeys: config.resumption ? ticketKeys : nil)
+        return try TLSServerContext(identity: identity, verifier: verifier, resumption: config.resumption)
     }
 }
 

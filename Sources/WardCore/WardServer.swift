@@ -5,7 +5,6 @@ import Logging
 import WardConfig
 import WardIdentity
 import WardObservability
-import WardTLS
 
 /// Runs Ward: binds every listener, starts the workers, then serves the control loop on the
 /// calling thread: SIGTERM/SIGINT stop, SIGHUP reloads, the admin endpoint, the file watcher.
@@ -46,11 +45,8 @@ public final class WardServer {
             throw error
         }
 
-        let ticketKeys = TLSServerContext.generateTicketKeys()
-        let store = SnapshotStore(
-            try Reloader.publication(for: snapshot, generation: 1, workers: workerCount, ticketKeys: ticketKeys))
-        let reloader = Reloader(
-            configPath: snapshot.config.configPath, store: store, log: log, metrics: metrics, ticketKeys: ticketKeys)
+        let store = SnapshotStore(try Reloader.publication(for: snapshot, generation: 1, workers: workerCount))
+        let reloader = Reloader(configPath: snapshot.config.configPath, store: store, log: log, metrics: metrics)
         guard let base = event_base_new() else { throw WorkerError(message: "event_base_new failed") }
         defer { event_base_free(base) }
         var admin: AdminServer?
@@ -98,10 +94,6 @@ public final class WardServer {
             event_new(base, SIGUSR1, Int16(EV_SIGNAL | EV_PERSIST), reopenSignalCallback, logForSignal),
         ].compactMap { $0 }
         for event in events { event_add(event, nil) }
-        let rotation = event_new(base, -1, Int16(EV_PERSIST), rotateTicketKeysCallback, context)
-        var hourly = Reloader.ticketKeyLifetime
-        event_add(rotation, &hourly)
-        defer { event_free(rotation) }
         event_base_dispatch(base)
         for event in events { event_free(event) }
         withExtendedLifetime(control) {}
@@ -121,12 +113,6 @@ private let stopSignalCallback: @convention(c) (Int32, Int16, UnsafeMutableRawPo
     _, _, context in
     guard let context else { return }
     event_base_loopbreak(Unmanaged<ControlContext>.fromOpaque(context).takeUnretainedValue().base)
-}
-
-private let rotateTicketKeysCallback: @convention(c) (Int32, Int16, UnsafeMutableRawPointer?) -> Void = {
-    _, _, context in
-    guard let context else { return }
-    Unmanaged<ControlContext>.fromOpaque(context).takeUnretainedValue().reloader.rotateTicketKeys()
 }
 
 /// SIGUSR1: reopen the connection log by name, after logrotate moved it.

@@ -205,3 +205,41 @@ def test_tls11_client_is_refused(env):
     assert out.data == b""
     record = env.ward.wait_for(mark, event="handshake_error", peer_addr=f"127.0.0.1:{out.local_port}")
     assert record["reason"] == "protocol_version"
+
+
+def test_tls13_resumption_is_verified_and_decided_again(certs, tmp_path):
+    import harness as h
+    upstream = h.Upstream("echo-line")
+    listen = h.free_port()
+    rules = "rules:\n  - {name: web, action: allow, from: [spiffe://example.org/ns/prod/sa/web], to: [svc]}\n"
+    config = h.config(certs["dir"], [("svc", listen, upstream.port)], "resumption: on\n").replace(
+        "workers: 2", "workers: 1")
+    ward = h.Ward(str(tmp_path), config, rules).start()
+    try:
+        ctx = context(certs, "web")
+
+        def connect(session=None):
+            with socket.create_connection(("127.0.0.1", listen), timeout=10) as raw:
+                with ctx.wrap_socket(raw, session=session) as tls:
+                    tls.sendall(b"again\n")
+                    data = tls.recv(64)
+                    return data, tls.session, tls.session_reused, tls.getsockname()[1]
+
+        mark = ward.mark()
+        data, session, reused, _ = connect()
+        assert data == b"echo: again\n" and not reused
+        data, _, reused, port = connect(session)
+        assert data == b"echo: again\n" and reused
+        allow = ward.wait_for(mark, event="allow", peer_addr=f"127.0.0.1:{port}")
+        assert allow["peer_id"] == "spiffe://example.org/ns/prod/sa/web" and allow["rule"] == "web"
+        with open(os.path.join(ward.folder, "rules.yaml"), "w") as f:
+            f.write("default: deny\nrules: []\n")
+        assert subprocess.run([h.WARD, "reload", "--config", ward.config_path], capture_output=True).returncode == 0
+        try:
+            data, _, _, port = connect(session)
+        except (ssl.SSLError, OSError):
+            data = b""
+        assert data == b""
+    finally:
+        ward.stop()
+        upstream.close()

@@ -18,5 +18,4 @@ uint64_t WardShim_SSL_OP_NO_COMPRESSION(void);
 uint64_t WardShim_SSL_OP_CIPHER_SERVER_PREFERENCE(void);
 uint64_t WardShim_SSL_OP_IGNORE_UNEXPECTED_EOF(void);
 uint64_t WardShim_SSL_OP_NO_TICKET(void);
-long WardShim_SSL_CTX_set_tlsext_ticket_keys(SSL_CTX *ctx, void *keys, long length);
 #endif
