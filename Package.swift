@@ -41,6 +41,7 @@ let package = Package(
             dependencies: [
                 "WardIdentity", "WardPolicy", "WardConfig", "WardTLS", "WardObservability", "COpenSSL", "CLibevent",
                 "CWardShims", .product(name: "Logging", package: "swift-log"),
+                .product(name: "Atomics", package: "swift-atomics"),
             ]
         ),
         .executableTarget(

@@ -16,3 +16,4 @@ uint64_t WardShim_SSL_OP_NO_COMPRESSION(void) { return SSL_OP_NO_COMPRESSION; }
 uint64_t WardShim_SSL_OP_CIPHER_SERVER_PREFERENCE(void) { return SSL_OP_CIPHER_SERVER_PREFERENCE; }
 uint64_t WardShim_SSL_OP_IGNORE_UNEXPECTED_EOF(void) { return SSL_OP_IGNORE_UNEXPECTED_EOF; }
 uint64_t WardShim_SSL_OP_NO_TICKET(void) { return SSL_OP_NO_TICKET; }
+void WardShim_SSL_CTX_set_max_cert_list(SSL_CTX *ctx, long size) { SSL_CTX_set_max_cert_list(ctx, size); }

@@ -112,6 +112,24 @@ public enum ConfigLoader {
                 problems.append(ConfigProblem(file: path, line: node.line, message: "resumption must be on or off"))
             }
         }
+        func count(_ key: String, default value: Int, range: ClosedRange<Int>) -> Int {
+            guard let node = top.take(key) else { return value }
+            if case .scalar(let scalar) = node, let parsed = Int(scalar.string), range.contains(parsed) {
+                return parsed
+            }
+            problems.append(
+                ConfigProblem(
+                    file: path, line: node.line,
+                    message: "\(key) must be a whole number from \(range.lowerBound) to \(range.upperBound)"))
+            return value
+        }
+        let maxConnections = count(
+            "max_connections", default: WardConfiguration.defaultMaxConnections, range: 1...10_000_000)
+        let maxChainDepth = count("max_chain_depth", default: WardConfiguration.defaultMaxChainDepth, range: 1...20)
+        let maxCertSize = count(
+            "max_cert_size", default: WardConfiguration.defaultMaxCertSize, range: 1024...1_048_576)
+        let user = top.take("user").flatMap { $0.string("user", file: path, problems: &problems) }
+        let group = top.take("group").flatMap { $0.string("group", file: path, problems: &problems) }
         var admin = AdminAddress.unix(path: AdminAddress.defaultPath)
         var adminIsDefault = true
         var allowRemote = false
@@ -159,6 +177,11 @@ public enum ConfigLoader {
             idleTimeout: idleTimeout, upstreamConnectTimeout: connectTimeout, maxSVIDLifetime: maxLifetime,
             admin: admin, svidMinRemaining: svidMinRemaining, logChain: logChain, adminIsDefault: adminIsDefault)
         configuration.resumption = resumption
+        configuration.maxConnections = maxConnections
+        configuration.maxChainDepth = maxChainDepth
+        configuration.maxCertSize = maxCertSize
+        configuration.user = user
+        configuration.group = group
         return configuration
     }
 

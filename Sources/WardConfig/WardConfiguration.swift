@@ -112,8 +112,21 @@ public struct WardConfiguration: Sendable {
     public var svidMinRemaining: Duration
     /// Hash-chain the connection log (`prev` on every line).
     public var logChain: Bool
-    /// TLS 1.3 session resumption with stateless tickets.
+    /// TLS 1.3 session resumption.
     public var resumption: Bool = false
+    /// Open connections per listener (all workers together); more are refused at accept.
+    public var maxConnections = WardConfiguration.defaultMaxConnections
+    /// Certificates a peer may present, leaf included.
+    public var maxChainDepth = WardConfiguration.defaultMaxChainDepth
+    /// Largest certificate message a peer may send, in bytes.
+    public var maxCertSize = WardConfiguration.defaultMaxCertSize
+    /// Drop to this user (and group) after binding, when started as root.
+    public var user: String?
+    public var group: String?
+
+    public static let defaultMaxConnections = 10_000
+    public static let defaultMaxChainDepth = 5
+    public static let defaultMaxCertSize = 32 * 1024
     public var adminIsDefault: Bool
     /// Every file a reload reads, for the file watcher: config, rules, bundles, own cert and key.
     public var watchedFiles: [String] {

@@ -145,6 +145,7 @@ final class Connection {
             switch ERR_GET_REASON(code) {
             case SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE: return (.noClientCert, detail)
             case SSL_R_UNSUPPORTED_PROTOCOL: return (.protocolVersion, detail)
+            case SSL_R_EXCESSIVE_MESSAGE_SIZE: return (.certTooLarge, detail)
             default: continue
             }
         }
@@ -490,6 +491,7 @@ final class Connection {
     /// Frees every callback source, then drops the worker's reference: the one release point.
     private func release() {
         state = .closed
+        worker.load.release(listenerIndex)
         if let timer { event_free(timer) }
         timer = nil
         if let client { bufferevent_free(client) }

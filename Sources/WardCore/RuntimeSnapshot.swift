@@ -27,8 +27,9 @@ public struct RuntimeSnapshot: Sendable {
 
     /// Builds a TLS context with its own verifier stores. Parses keys: not on an event loop.
     func makeTLSContext() throws -> TLSServerContext {
-        let verifier = try SVIDVerifier(bundles: bundles, policy: leafPolicy)
-        return try TLSServerContext(identity: identity, verifier: verifier, resumption: config.resumption)
+        let verifier = try SVIDVerifier(bundles: bundles, policy: leafPolicy, maxChainDepth: config.maxChainDepth)
+        return try TLSServerContext(
+            identity: identity, verifier: verifier, resumption: config.resumption, maxCertSize: config.maxCertSize)
     }
 }
 

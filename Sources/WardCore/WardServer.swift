@@ -28,6 +28,7 @@ public final class WardServer {
         // Before any event_base exists, or cross-thread wakeups silently fail (PLATFORM.md).
         evthread_use_pthreads()
         signal(SIGPIPE, SIG_IGN)
+        try FilePolicy.check(snapshot.config, logger: logger)
 
         let log = try ConnectionLog(path: snapshot.config.logPath, chain: snapshot.config.logChain)
         let metrics = MetricsRegistry(
@@ -56,12 +57,16 @@ public final class WardServer {
             logger.warning("admin endpoint disabled: \(error) (set admin: in the config to choose where it listens)")
         }
 
+        // Everything privileged (ports, admin socket, log file) is open: give up root now.
+        try Privileges.drop(
+            user: snapshot.config.user, group: snapshot.config.group, admin: admin?.address, logger: logger)
+        let load = ListenerLoad(listeners: snapshot.listeners.count)
         var workers: [Worker] = []
         for (index, workerSockets) in sockets.enumerated() {
             workers.append(
                 try Worker(
                     index: index, store: store, sockets: workerSockets, log: log, metrics: metrics.workers[index],
-                    logger: logger))
+                    load: load, logger: logger))
         }
         reloader.workers = workers
         for worker in workers { worker.start() }

@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import Logging
 import Synchronization
+import WardIdentity
 import WardObservability
 import WardPolicy
 import WardTLS
@@ -24,6 +25,8 @@ final class Worker: @unchecked Sendable {
     let log: ConnectionLog
     let logger: Logger
     let metrics: WorkerMetrics
+    /// Open connections per listener across all workers, for `max_connections`.
+    let load: ListenerLoad
     var snapshot: RuntimeSnapshot { publication.snapshot }
     var tls: TLSServerContext { publication.contexts[index] }
     var handshakeTimeout: timeval { timeval(duration: snapshot.config.handshakeTimeout) }
@@ -43,9 +46,11 @@ final class Worker: @unchecked Sendable {
     private let listenersClosed = DispatchSemaphore(value: 0)
 
     init(
-        index: Int, store: SnapshotStore, sockets: [Int32], log: ConnectionLog, metrics: WorkerMetrics, logger: Logger
+        index: Int, store: SnapshotStore, sockets: [Int32], log: ConnectionLog, metrics: WorkerMetrics,
+        load: ListenerLoad, logger: Logger
     ) throws {
         self.metrics = metrics
+        self.load = load
         guard let base = event_base_new() else { throw WorkerError(message: "event_base_new failed") }
         self.index = index
         self.base = base
@@ -172,6 +177,10 @@ final class Worker: @unchecked Sendable {
 
     fileprivate func accept(fd: Int32, address: UnsafeMutablePointer<sockaddr>, length: Int32, listenerIndex: Int) {
         adoptLatest()
+        guard load.acquire(listenerIndex, limit: snapshot.config.maxConnections) else {
+            refuseFull(fd: fd, address: address, length: length, listenerIndex: listenerIndex)
+            return
+        }
         var one: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
         let id = connectionIDs.wrappingAdd(1, ordering: .relaxed).newValue
@@ -204,6 +213,22 @@ final class Worker: @unchecked Sendable {
     }
 
     static let acceptRetryDelay = timeval(tv_sec: 0, tv_usec: 100_000)
+
+    /// `max_connections` reached: close at once (no TLS work), log and count it.
+    private func refuseFull(fd: Int32, address: UnsafeMutablePointer<sockaddr>, length: Int32, listenerIndex: Int) {
+        // An RST rather than a FIN: the client learns at once, and no TIME_WAIT is left here.
+        var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+        Glibc.close(fd)
+        metrics.handshakeError(listener: listenerIndex, reason: ReasonCode.listenerFull.index)
+        let id = connectionIDs.wrappingAdd(1, ordering: .relaxed).newValue
+        var line = LogLine(event: "handshake_error", connection: id, timestamp: now)
+        line.add("listener", snapshot.listeners[listenerIndex].name)
+        line.add("peer_addr", SocketAddress(address, length: socklen_t(length)).description)
+        line.add("reason", ReasonCode.listenerFull.rawValue)
+        line.add("detail", "max_connections (\(snapshot.config.maxConnections)) reached")
+        log.append(line.finish())
+    }
 
     /// The loop's cached clock, in milliseconds; no system call.
     var nowMilliseconds: Int64 {

@@ -19,6 +19,9 @@ public enum ReasonCode: String, Error, Sendable, CaseIterable {
     case handshakeTimeout = "handshake_timeout"
     case tlsError = "tls_error"
     case protocolVersion = "protocol_version"
+    case chainTooLong = "chain_too_long"
+    case listenerFull = "listener_full"
+    case certTooLarge = "cert_too_large"
 
     /// Position in `allCases`, for per-reason counters.
     public var index: Int { Self.allCases.firstIndex(of: self)! }

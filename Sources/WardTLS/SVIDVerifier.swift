@@ -8,8 +8,11 @@ import WardIdentity
 public final class SVIDVerifier {
     private let stores: [TrustDomain: OpaquePointer]
     public let policy: SVIDLeafPolicy
+    /// Certificates a peer may present, leaf included.
+    public let maxChainDepth: Int
 
-    public init(bundles: [TrustBundle], policy: SVIDLeafPolicy) throws {
+    public init(bundles: [TrustBundle], policy: SVIDLeafPolicy, maxChainDepth: Int = 5) throws {
+        self.maxChainDepth = maxChainDepth
         var stores: [TrustDomain: OpaquePointer] = [:]
         do {
             for bundle in bundles { stores[bundle.trustDomain] = try bundle.makeStore() }
@@ -30,6 +33,13 @@ public final class SVIDVerifier {
     {
         let policy = policy ?? self.policy
         let certificate = Certificate(borrowing: leaf)
+        // The peer's stack holds the leaf too; a long chain is refused before any work on it.
+        if let untrusted, Int(OPENSSL_sk_num(untrusted)) > maxChainDepth {
+            check.sawCertificate = true
+            return refuse(
+                check, .chainTooLong, X509_V_ERR_CERT_CHAIN_TOO_LONG,
+                detail: "\(OPENSSL_sk_num(untrusted)) certificates, max_chain_depth is \(maxChainDepth)")
+        }
         check.sawCertificate = true
         check.serialHex = certificate.serialHex
         check.sha256Hex = certificate.sha256Hex

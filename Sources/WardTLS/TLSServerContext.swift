@@ -28,7 +28,9 @@ public final class TLSServerContext {
 
     /// `resumption` turns on TLS 1.3 resumption: one ticket per handshake, naming a session kept
     /// in this context's cache for `sessionLifetimeSeconds`.
-    public init(identity: IdentityMaterial, verifier: SVIDVerifier, resumption: Bool = false) throws {
+    public init(
+        identity: IdentityMaterial, verifier: SVIDVerifier, resumption: Bool = false, maxCertSize: Int = 32 * 1024
+    ) throws {
         ERR_clear_error()
         guard let context = SSL_CTX_new(TLS_server_method()) else { throw OpenSSLError.drain("SSL_CTX_new") }
         self.context = context
@@ -44,6 +46,8 @@ public final class TLSServerContext {
                 // A peer that closes TCP without close_notify ends its stream like a FIN would:
                 // the proxied byte stream has no truncation signal of its own to protect.
                 | WardShim_SSL_OP_IGNORE_UNEXPECTED_EOF())
+        // A certificate message larger than this ends the handshake before it is parsed.
+        WardShim_SSL_CTX_set_max_cert_list(context, maxCertSize)
         // Idle connections give their 34 KiB of record buffers back.
         _ = WardShim_SSL_CTX_set_mode(context, Int(SSL_MODE_RELEASE_BUFFERS))
         // Tickets only when resumption is on: unused ones cost about 30% of a handshake (PLATFORM.md).

@@ -88,7 +88,7 @@ def write(issued, folder, name, chain=()):
     with open(issued.cert_path, "wb") as out:
         for cert in (issued.cert, *[c.cert for c in chain]):
             out.write(cert.public_bytes(serialization.Encoding.PEM))
-    with open(issued.key_path, "wb") as out:
+    with open(os.open(issued.key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
         out.write(issued.key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     return issued

@@ -18,4 +18,5 @@ uint64_t WardShim_SSL_OP_NO_COMPRESSION(void);
 uint64_t WardShim_SSL_OP_CIPHER_SERVER_PREFERENCE(void);
 uint64_t WardShim_SSL_OP_IGNORE_UNEXPECTED_EOF(void);
 uint64_t WardShim_SSL_OP_NO_TICKET(void);
+void WardShim_SSL_CTX_set_max_cert_list(SSL_CTX *ctx, long size);
 #endif
