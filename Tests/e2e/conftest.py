@@ -83,6 +83,15 @@ def certs(tmp_path_factory):
     c["web_next"] = pki.write(pki.leaf(example_next, [web]), folder, "web_next")
     c["ward_next"] = pki.write(
         pki.leaf(example_next, ["spiffe://example.org/ns/prod/sa/orders"], ips=["127.0.0.1"]), folder, "ward_next")
+    # Six certificates sent (leaf + five intermediates): over max_chain_depth (5).
+    deep, issuer = [], example
+    for level in range(5):
+        issuer = pki.ca(f"example.org level {level}", issuer=issuer)
+        deep.append(issuer)
+    c["deep_chain"] = pki.write(pki.leaf(issuer, [web]), folder, "deep_chain", chain=list(reversed(deep)))
+    # A leaf of about 100 KB (DNS SANs): over max_cert_size.
+    c["huge_cert"] = pki.write(
+        pki.leaf(example, [web], dns=[f"h{i:05d}.{'x' * 40}.example.org" for i in range(1700)]), folder, "huge_cert")
     # A chain through an intermediate the client does not send: must fail.
     c["missing_intermediate"] = pki.write(
         pki.leaf(intermediate, ["spiffe://example.org/ns/prod/sa/worker"]), folder, "missing_intermediate")
