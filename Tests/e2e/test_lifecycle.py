@@ -8,7 +8,8 @@ import subprocess
 
 import harness
 import pki
-from clients import context
+import pytest
+from clients import context, exchange
 
 
 def run_ward(*args, timeout=30):
@@ -153,3 +154,43 @@ def test_sigint_stops_cleanly(certs, tmp_path):
     ward, _ = make_ward(certs, tmp_path, 1)
     ward.start()
     assert ward.stop(signal.SIGINT) == 0
+
+
+def test_world_writable_config_is_refused_for_root(certs, tmp_path):
+    if os.getuid() != 0:
+        pytest.skip("the check applies to root only")
+    ward, _ = make_ward(certs, tmp_path, 1)
+    os.chmod(ward.config_path, 0o666)
+    out = run_ward("run", "--config", ward.config_path)
+    assert out.returncode == 1
+    assert "refusing to run as root with a world-writable config (mode 666)" in out.stderr
+
+
+def test_readable_private_key_warns(certs, tmp_path):
+    folder = str(tmp_path)
+    pki_dir = os.path.join(folder, "pki")
+    shutil.copytree(certs["dir"], pki_dir)
+    os.chmod(os.path.join(pki_dir, "ward.key"), 0o644)
+    ward = harness.Ward(folder, harness.config(pki_dir, [("svc", harness.free_port(), 1)]), "rules: []\n").start()
+    try:
+        text = open(ward.stderr_path).read()
+        assert f"private key {pki_dir}/ward.key is readable by group or others (mode 644)" in text
+    finally:
+        ward.stop()
+
+
+def test_drops_privileges_after_binding(certs, tmp_path):
+    if os.getuid() != 0:
+        pytest.skip("dropping privileges needs root")
+    upstream = harness.Upstream("echo-line")
+    ward, listen = make_ward(certs, tmp_path, upstream.port, extra="user: nobody\n")
+    ward.start()
+    try:
+        status = open(f"/proc/{ward.process.pid}/status").read()
+        uid_line = [line for line in status.splitlines() if line.startswith("Uid:")][0]
+        assert uid_line.split()[1:] == ["65534"] * 4, uid_line
+        assert "dropped privileges to uid 65534" in open(ward.stderr_path).read()
+        assert exchange(listen, context(certs, "web"), b"hi\n").data == b"echo: hi\n"
+    finally:
+        ward.stop()
+        upstream.close()
