@@ -5,7 +5,8 @@ let package = Package(
     name: "Ward",
     platforms: [.macOS(.v15)],
     products: [
-        .executable(name: "ward", targets: ["ward"])
+        .executable(name: "ward", targets: ["ward"]),
+        .library(name: "WardFuzzSupport", targets: ["WardFuzzSupport"]),
     ],
     dependencies: [
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
@@ -52,6 +53,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        .target(name: "WardFuzzSupport", dependencies: ["WardConfig", "WardIdentity", "WardPolicy", "WardTLS"]),
         .executableTarget(
             name: "ward-bench", dependencies: ["WardPolicy", "WardIdentity", "WardCore"], path: "Sources/WardBench"),
         .testTarget(name: "WardIdentityTests", dependencies: ["WardIdentity"]),

@@ -12,11 +12,15 @@ struct YAMLDocument {
         -> YAMLDocument?
     {
         let text: String
-        do {
-            text = try String(contentsOfFile: path, encoding: .utf8)
-        } catch {
-            problems.append(
-                ConfigProblem(file: displayPath, line: nil, message: "cannot read: \(describe(error))"))
+        switch readFile(path) {
+        case .success(let data):
+            guard let decoded = String(data: data, encoding: .utf8) else {
+                problems.append(ConfigProblem(file: displayPath, line: nil, message: "not UTF-8 text"))
+                return nil
+            }
+            text = decoded
+        case .failure(let error):
+            problems.append(ConfigProblem(file: displayPath, line: nil, message: "cannot read: \(error.reason)"))
             return nil
         }
         do {
@@ -48,23 +52,28 @@ struct YAMLDocument {
         }
     }
 
-    private static func describe(_ error: Error) -> String {
-        let nsError = error as NSError
-        if let underlying = nsError.userInfo[NSUnderlyingErrorKey] as? NSError,
-            underlying.domain == NSPOSIXErrorDomain,
-            let code = POSIXErrorCode(rawValue: Int32(underlying.code))
-        {
-            return String(cString: strerror(code.rawValue))
-        }
-        if nsError.domain == NSCocoaErrorDomain {
-            switch nsError.code {
-            case NSFileReadNoSuchFileError: return "No such file or directory"
-            case NSFileReadNoPermissionError: return "Permission denied"
-            default: break
+    /// The whole file, or the operating system's reason. Plain POSIX reads: exact error text, and
+    /// none of FoundationEssentials' buffer leak on empty files (seen with the fuzzer).
+    static func readFile(_ path: String) -> Result<Data, ReadError> {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return .failure(ReadError(reason: String(cString: strerror(errno)))) }
+        defer { close(fd) }
+        var data = Data()
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = read(fd, &chunk, chunk.count)
+            if count < 0 {
+                if errno == EINTR { continue }
+                return .failure(ReadError(reason: String(cString: strerror(errno))))
             }
+            if count == 0 { return .success(data) }
+            data.append(contentsOf: chunk[0..<count])
         }
-        return nsError.localizedDescription
     }
+}
+
+struct ReadError: Error {
+    var reason: String
 }
 
 /// A mapping being read: each key taken is remembered, and `finish` reports the rest as unknown.

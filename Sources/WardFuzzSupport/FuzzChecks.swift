@@ -1,0 +1,65 @@
+import Foundation
+import WardConfig
+import WardIdentity
+import WardPolicy
+import WardTLS
+
+/// What each fuzz target checks on one input. Lives in the main package so `swift test` builds
+/// it; the libFuzzer entry points live in Fuzz/ (scripts/fuzz).
+public enum FuzzChecks {
+    public static func spiffeID(_ bytes: UnsafeBufferPointer<UInt8>) {
+        let text = String(decoding: bytes, as: UTF8.self)
+        if let id = try? SPIFFEID(parsing: text) {
+            precondition(id.description == text, "an ID must keep its text")
+            precondition(id.description.utf8.count <= SPIFFEID.maximumLength)
+            precondition((try? TrustDomain(parsing: id.trustDomain.name)) == id.trustDomain)
+            let rebuilt = "spiffe://" + id.trustDomain.name + id.path
+            precondition(rebuilt == text, "trust domain + path must rebuild the ID")
+            for segment in id.segments { precondition(!segment.isEmpty && segment != "." && segment != "..") }
+            if id.hasPath, let pattern = try? IdentityPattern(parsing: text) {
+                precondition(pattern.isExact && pattern.matches(id), "an ID is a pattern matching itself")
+            }
+        }
+        if let pattern = try? IdentityPattern(parsing: text) {
+            precondition(pattern.isCovered(by: pattern), "a pattern covers itself")
+        }
+    }
+
+    /// A config naming one listener and both trust domains, with the input as the rules file.
+    public static func rules(_ bytes: UnsafeBufferPointer<UInt8>) {
+        let folder = NSTemporaryDirectory() + "ward-fuzz-\(getpid())"
+        try? FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        let config = """
+            identity: {cert: c.pem, key: k.pem}
+            trust_domains: {example.org: b.pem, partner.org: b.pem}
+            listeners: [{name: orders, listen: "127.0.0.1:8443", upstream: "127.0.0.1:8080"}]
+            rules: rules.yaml
+
+            """
+        FileManager.default.createFile(atPath: folder + "/ward.yaml", contents: Data(config.utf8))
+        FileManager.default.createFile(atPath: folder + "/rules.yaml", contents: Data(bytes))
+        if case .success(let loaded) = ConfigLoader.load(path: folder + "/ward.yaml") {
+            let ruleSet = RuleSet(compiling: loaded.rules, listeners: ["orders"])
+            _ = ruleSet.warnings(listenerLocations: [])
+            let peer = try! SPIFFEID(parsing: "spiffe://example.org/ns/prod/sa/web")
+            let context = DecisionContext(address: nil, minuteOfDay: 0, svidLifetimeSeconds: 3600)
+            let decision = ruleSet.decide(peer: peer, listenerIndex: 0, context: context)
+            precondition(decision == ruleSet.explain(peer: peer, listener: "orders", context: context).decision)
+        }
+    }
+
+    public static func pem(_ bytes: UnsafeBufferPointer<UInt8>) {
+        guard let certificates = try? Certificate.parsePEM(Data(bytes)) else { return }
+        for certificate in certificates {
+            let leaf = certificate.svidLeaf
+            _ = SVIDLeafPolicy(role: .client, maximumLifetimeSeconds: 86_400).identity(of: leaf)
+            _ = certificate.sha256Hex
+            _ = certificate.serialHex
+        }
+        if let domain = try? TrustDomain(parsing: "example.org") {
+            _ = try? SVIDVerifier(
+                bundles: [TrustBundle(trustDomain: domain, authorities: certificates)],
+                policy: SVIDLeafPolicy(role: .client, maximumLifetimeSeconds: 86_400))
+        }
+    }
+}
