@@ -1,7 +1,8 @@
 /* The load generator for scripts/bench: real OpenSSL mTLS clients on blocking sockets.
  *
- *   loadgen handshake HOST PORT CERT KEY CA THREADS SECONDS [resume]
- *       full handshake (or TLS 1.3 resumption), 64-byte echo, close; prints connections/s
+ *   loadgen handshake HOST PORT CERT KEY CA THREADS SECONDS [resume|full] [MAX]
+ *       full handshake (or TLS 1.3 resumption), 64-byte echo, close; prints connections/s;
+ *       stops early after MAX connections
  *   loadgen check HOST PORT CERT KEY CA
  *       one connection; exit 0 if the 64-byte echo came back, 1 if refused
  *   loadgen throughput HOST PORT CERT KEY CA MEBIBYTES
@@ -33,6 +34,7 @@ static SSL_CTX *context;
 static atomic_long completed, failed, resumed;
 static volatile int running = 1;
 static int resume_sessions;
+static long max_connections;
 
 static double now(void) {
     struct timespec t;
@@ -96,7 +98,7 @@ static void *handshake_loop(void *unused) {
     SSL_SESSION *session = NULL;
     while (running) {
         if (exchange(resume_sessions ? &session : NULL) == 0) {
-            atomic_fetch_add(&completed, 1);
+            if (atomic_fetch_add(&completed, 1) + 1 >= max_connections && max_connections > 0) running = 0;
         } else {
             atomic_fetch_add(&failed, 1);
         }
@@ -163,10 +165,11 @@ int main(int argc, char **argv) {
         int threads = atoi(argv[7]);
         double seconds = argc > 8 ? atof(argv[8]) : 5;
         resume_sessions = argc > 9 && strcmp(argv[9], "resume") == 0;
+        max_connections = argc > 10 ? atol(argv[10]) : 0;
         pthread_t workers[256];
         double start = now();
         for (int i = 0; i < threads; i++) pthread_create(&workers[i], NULL, handshake_loop, NULL);
-        usleep((useconds_t)(seconds * 1e6));
+        for (double waited = 0; running && waited < seconds; waited += 0.05) usleep(50000);
         running = 0;
         for (int i = 0; i < threads; i++) pthread_join(workers[i], NULL);
         double elapsed = now() - start;

@@ -9,7 +9,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WARD = os.environ.get("WARD_BIN", os.path.join(REPO, ".build", "debug", "ward"))
-DEADLINE = 15.0
+DEADLINE = float(os.environ.get("WARD_TEST_DEADLINE", "15"))
 
 
 def free_port():
