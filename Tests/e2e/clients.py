@@ -24,10 +24,13 @@ def context(certs, name=None, **options):
 
 def exchange(port, ctx, payload=b"ping\n", timeout=10):
     """Connects, sends `payload`, reads until EOF; reports what came back and any TLS error."""
-    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    raw = socket.socket()
+    raw.bind(("127.0.0.1", 0))  # the port is known even if the connect itself is refused
+    raw.settimeout(timeout)
     local_port = raw.getsockname()[1]
     data, error = b"", None
     try:
+        raw.connect(("127.0.0.1", port))
         with ctx.wrap_socket(raw) as tls:
             tls.sendall(payload)
             while True:
