@@ -66,8 +66,11 @@ final class Reloader {
         var outcome = ReloadOutcome(
             ok: false, generation: current.generation, rules: current.snapshot.ruleSet.ruleCount,
             sha256: current.sourcesDigest)
-        // Hashing the files is cheap next to parsing them: settle a no-op before building anything.
-        if skipUnchanged, Self.digests(of: current.snapshot.config).files == current.filesDigest {
+        // Hash before parsing: a file that changes while this reload parses it then differs from
+        // the recorded digest, so the watcher's next look reloads again instead of calling it
+        // unchanged. Hashing is cheap next to parsing, so a no-op is settled here too.
+        let before = Self.digests(of: current.snapshot.config)
+        if skipUnchanged, before.files == current.filesDigest {
             outcome.ok = true
             outcome.changed = false
             return outcome
@@ -81,7 +84,8 @@ final class Reloader {
                 outcome.error = "\(configPath): restart required: \(conflict); nothing was changed"
                 break
             }
-            let (sources, files) = Self.digests(of: snapshot.config)
+            let sameFiles = snapshot.config.watchedFiles == current.snapshot.config.watchedFiles
+            let (sources, files) = sameFiles ? before : Self.digests(of: snapshot.config)
             do {
                 let contexts = try workers.indices.map { _ in try snapshot.makeTLSContext() }
                 let publication = Publication(
