@@ -196,6 +196,7 @@ def main():
     parser.add_argument("--idle", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=20000)
     parser.add_argument("--out", default=os.path.join(REPO, "bench-results"))
+    parser.add_argument("--workers", default="1,2", help="worker counts to sweep, e.g. 1,2")
     args = parser.parse_args()
     bench = Bench(args)
     os.makedirs(args.out, exist_ok=True)
@@ -209,9 +210,12 @@ def main():
                   flush=True)
     median = {kind: {key: statistics.median(r[key] for r in runs) for key in runs[0]} for kind, runs in results.items()}
     extras = {}
-    for label, options in [("workers 1", {"workers": 1}), ("workers 2", {"workers": 2, "cores": "0,1"}),
-                           ("100k rules", {"rules": 100_000}), ("10 rules", {"rules": 10}),
-                           ("resumed", {"resumption": True})]:
+    sweep = [int(n) for n in args.workers.split(",") if n]
+    # One worker per core from core 0; past one, the workers share cores with the load generator.
+    runs = [(f"workers {n}", {"workers": n, "cores": ",".join(str(c % os.cpu_count()) for c in range(n))})
+            for n in sweep]
+    runs += [("100k rules", {"rules": 100_000}), ("10 rules", {"rules": 10}), ("resumed", {"resumption": True})]
+    for label, options in runs:
         samples = []
         for _ in range(args.runs):
             port += 1
@@ -234,12 +238,15 @@ def main():
         "| Ward run | H µs | handshakes/s |",
         "|---|---:|---:|",
     ] + [f"| {label} | {e['H']:.0f} | {e['hs_per_s']:.0f} |" for label, e in extras.items()]
-    ratio_resumed = extras["resumed"]["H"] / extras["workers 1"]["H"]
+    ratio_resumed = extras["resumed"]["H"] / extras["10 rules"]["H"]
     ratio_rules = extras["100k rules"]["H"] / extras["10 rules"]["H"]
-    ratio_workers = extras["workers 2"]["hs_per_s"] / extras["workers 1"]["hs_per_s"]
+    scaling = ""
+    if f"workers {sweep[0]}" in extras and len(sweep) > 1:
+        first, last = extras[f"workers {sweep[0]}"], extras[f"workers {sweep[-1]}"]
+        scaling = (f" {sweep[-1]} workers / {sweep[0]} worker handshakes/s: {last['hs_per_s'] / first['hs_per_s']:.2f}"
+                   " (the load generator shares the second core).")
     table += ["", f"Medians of {args.runs} runs. Resumed H / full H: {ratio_resumed:.2f}. "
-              f"H with 100k rules / 10 rules: {ratio_rules:.3f}. 2 workers / 1 worker handshakes/s: "
-              f"{ratio_workers:.2f} (the load generator shares the second core)."]
+              f"H with 100k rules / 10 rules: {ratio_rules:.3f}.{scaling}"]
     markdown = "\n".join(table)
     print("\n" + markdown)
     open(os.path.join(args.out, "results.md"), "w").write(markdown + "\n")
