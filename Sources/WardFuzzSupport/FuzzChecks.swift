@@ -36,8 +36,9 @@ public enum FuzzChecks {
             rules: rules.yaml
 
             """
-        FileManager.default.createFile(atPath: folder + "/ward.yaml", contents: Data(config.utf8))
-        FileManager.default.createFile(atPath: folder + "/rules.yaml", contents: Data(bytes))
+        guard FileManager.default.createFile(atPath: folder + "/ward.yaml", contents: Data(config.utf8)),
+            FileManager.default.createFile(atPath: folder + "/rules.yaml", contents: Data(bytes))
+        else { return }
         if case .success(let loaded) = ConfigLoader.load(path: folder + "/ward.yaml") {
             let ruleSet = RuleSet(compiling: loaded.rules, listeners: ["orders"])
             _ = ruleSet.warnings(listenerLocations: [])

@@ -99,10 +99,11 @@ final class ListenerTable: Sendable {
     /// The matching rule of best precedence whose conditions hold, or nil for the default.
     func bestCandidate(for peer: SPIFFEID, rules: [Rule], context: DecisionContext) -> Candidate? {
         var best: Candidate?
-        let found = peer.description.utf8.withContiguousStorageIfAvailable { bytes in
+        let searched: Bool? = peer.description.utf8.withContiguousStorageIfAvailable { bytes in
             lookUp(bytes, pathOffset: peer.pathOffset, &best, rules, context)
+            return true
         }
-        if found == nil {
+        if searched == nil {
             // Only a non-native string lacks contiguous UTF-8; copying it is the rare slow path.
             Array(peer.description.utf8).withUnsafeBufferPointer {
                 lookUp($0, pathOffset: peer.pathOffset, &best, rules, context)
