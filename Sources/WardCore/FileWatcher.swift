@@ -37,17 +37,20 @@ final class FileWatcher {
     }
 
     /// (Re)places the watches for `files`: called at start and after each successful reload,
-    /// since a new config may name other files.
+    /// since a new config may name other files. A folder already watched keeps its watch
+    /// (inotify_add_watch returns the same descriptor), so no event falls into a gap; only
+    /// folders no longer needed are dropped.
     func watch(_ files: [String]) {
-        for descriptor in names.keys { inotify_rm_watch(fd, descriptor) }
-        names = [:]
         let mask = UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE | IN_DELETE | IN_ATTRIB)
+        var wanted: [Int32: Set<String>] = [:]
         for file in files {
             let folder = (file as NSString).deletingLastPathComponent
             let descriptor = inotify_add_watch(fd, folder.isEmpty ? "." : folder, mask)
             guard descriptor >= 0 else { continue }
-            names[descriptor, default: []].insert((file as NSString).lastPathComponent)
+            wanted[descriptor, default: []].insert((file as NSString).lastPathComponent)
         }
+        for descriptor in names.keys where wanted[descriptor] == nil { inotify_rm_watch(fd, descriptor) }
+        names = wanted
     }
 
     fileprivate func readEvents() {
