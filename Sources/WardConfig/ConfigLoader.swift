@@ -96,14 +96,13 @@ public enum ConfigLoader {
         let connectTimeout = duration(
             "upstream_connect_timeout", default: WardConfiguration.defaultUpstreamConnectTimeout)
         let svidMinRemaining = duration("svid_min_remaining", default: WardConfiguration.defaultSVIDMinRemaining)
-        var logChain = false
-        if let node = top.take("log_chain") {
-            if case .scalar(let scalar) = node, let flag = Bool(scalar.string) {
-                logChain = flag
-            } else {
-                problems.append(ConfigProblem(file: path, line: node.line, message: "log_chain must be true or false"))
-            }
+        func flag(_ key: String) -> Bool {
+            guard let node = top.take(key) else { return false }
+            if case .scalar(let scalar) = node, let value = Bool(scalar.string) { return value }
+            problems.append(ConfigProblem(file: path, line: node.line, message: "\(key) must be true or false"))
+            return false
         }
+        let logChain = flag("log_chain")
         var resumption = false
         if let node = top.take("resumption") {
             if case .scalar(let scalar) = node, ["on", "off", "true", "false"].contains(scalar.string) {
@@ -132,15 +131,7 @@ public enum ConfigLoader {
         let group = top.take("group").flatMap { $0.string("group", file: path, problems: &problems) }
         var admin = AdminAddress.unix(path: AdminAddress.defaultPath)
         var adminIsDefault = true
-        var allowRemote = false
-        if let node = top.take("admin_allow_remote") {
-            if case .scalar(let scalar) = node, let flag = Bool(scalar.string) {
-                allowRemote = flag
-            } else {
-                problems.append(
-                    ConfigProblem(file: path, line: node.line, message: "admin_allow_remote must be true or false"))
-            }
-        }
+        let allowRemote = flag("admin_allow_remote")
         if let node = top.take("admin"), let text = node.string("admin", file: path, problems: &problems) {
             if let parsed = AdminAddress(parsing: text, relativeTo: folder) {
                 admin = parsed

@@ -23,27 +23,17 @@ enum AdminSocket {
             try? FileManager.default.createDirectory(
                 atPath: folder, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o750])
         }
-        guard var address = unixAddress(path) else {
-            throw SocketAddressError(message: "admin socket path too long (max 107 bytes): \(path)")
-        }
+        _ = try withUnixAddress(path) { _, _ in 0 }  // a path too long fails here, before any socket exists
         if FileManager.default.fileExists(atPath: path) {
             let probe = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-            let connected = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    connect(probe, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-                }
-            }
+            let connected = try withUnixAddress(path) { connect(probe, $0, $1) }
             Glibc.close(probe)
             if connected == 0 { throw SocketAddressError(message: "admin socket \(path) is in use by another process") }
             unlink(path)
         }
         let fd = socket(
             AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                Glibc.bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-            }
-        }
+        let bound = try withUnixAddress(path) { Glibc.bind(fd, $0, $1) }
         guard fd >= 0, bound == 0, listen(fd, 16) == 0 else {
             let reason = String(cString: strerror(errno))
             if fd >= 0 { Glibc.close(fd) }
@@ -54,16 +44,26 @@ enum AdminSocket {
         return fd
     }
 
-    static func unixAddress(_ path: String) -> sockaddr_un? {
+    /// Calls `body` with `path` as a `sockaddr_un` (for connect or bind), or throws if the path
+    /// does not fit one.
+    static func withUnixAddress(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> Int32)
+        throws(SocketAddressError) -> Int32
+    {
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return nil }
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+            throw SocketAddressError(message: "admin socket path too long (max 107 bytes): \(path)")
+        }
         withUnsafeMutableBytes(of: &address.sun_path) { raw in
             raw.copyBytes(from: bytes)
             raw[bytes.count] = 0
         }
-        return address
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                body($0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
     }
 }
 
@@ -239,14 +239,13 @@ public enum AdminClient {
         let fd: Int32
         switch address {
         case .unix(let socketPath):
-            guard var unixAddress = AdminSocket.unixAddress(socketPath) else {
-                throw SocketAddressError(message: "admin socket path too long: \(socketPath)")
-            }
             fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-            let connected = withUnsafePointer(to: &unixAddress) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-                }
+            let connected: Int32
+            do {
+                connected = try AdminSocket.withUnixAddress(socketPath) { connect(fd, $0, $1) }
+            } catch {
+                Glibc.close(fd)
+                throw error
             }
             guard connected == 0 else {
                 let reason = String(cString: strerror(errno))
