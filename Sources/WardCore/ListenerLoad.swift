@@ -20,5 +20,4 @@ final class ListenerLoad: Sendable {
         counts[listener].wrappingDecrement(ordering: .relaxed)
     }
 
-    func current(_ listener: Int) -> Int { counts[listener].load(ordering: .relaxed) }
 }

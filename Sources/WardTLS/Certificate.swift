@@ -116,13 +116,6 @@ public final class Certificate: @unchecked Sendable {
         return String(cString: text)
     }
 
-    /// The subject's one-line text, for operator messages only.
-    public var subjectText: String {
-        guard let name = X509_get_subject_name(x509), let text = X509_NAME_oneline(name, nil, 0) else { return "" }
-        defer { WardShim_OPENSSL_free(text) }
-        return String(cString: text)
-    }
-
     private static func epochSeconds(_ time: UnsafePointer<ASN1_TIME>?) -> Int64 {
         guard let time else { return 0 }
         var parts = tm()

@@ -13,20 +13,6 @@ public final class PeerCheck {
     public var notAfter: Int64?
     /// notAfter − notBefore of the leaf, in seconds.
     public var lifetimeSeconds: Int64 = 0
-    /// Whether the verify callback ran at all (it does not when the peer sent no certificate).
-    public var sawCertificate = false
 
     public init() {}
-
-    /// Forgets everything, so a pooled instance can serve the next connection.
-    public func reset() {
-        id = nil
-        reason = nil
-        detail = nil
-        serialHex = nil
-        sha256Hex = nil
-        notAfter = nil
-        lifetimeSeconds = 0
-        sawCertificate = false
-    }
 }

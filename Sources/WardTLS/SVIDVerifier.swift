@@ -35,12 +35,10 @@ public final class SVIDVerifier {
         let certificate = Certificate(borrowing: leaf)
         // The peer's stack holds the leaf too; a long chain is refused before any work on it.
         if let untrusted, Int(OPENSSL_sk_num(untrusted)) > maxChainDepth {
-            check.sawCertificate = true
             return refuse(
                 check, .chainTooLong, X509_V_ERR_CERT_CHAIN_TOO_LONG,
                 detail: "\(OPENSSL_sk_num(untrusted)) certificates, max_chain_depth is \(maxChainDepth)")
         }
-        check.sawCertificate = true
         check.serialHex = certificate.serialHex
         check.sha256Hex = certificate.sha256Hex
         check.notAfter = certificate.notAfter
