@@ -26,13 +26,14 @@ let package = Package(
             providers: [.apt(["libevent-dev"])]
         ),
         .target(name: "CWardShims", dependencies: ["COpenSSL"]),
+        .target(name: "WardSystem"),
         .target(name: "WardIdentity"),
         .target(name: "WardPolicy", dependencies: ["WardIdentity"]),
         .target(
             name: "WardConfig",
-            dependencies: ["WardIdentity", "WardPolicy", .product(name: "Yams", package: "Yams")]
+            dependencies: ["WardIdentity", "WardPolicy", "WardSystem", .product(name: "Yams", package: "Yams")]
         ),
-        .target(name: "WardTLS", dependencies: ["WardIdentity", "COpenSSL", "CWardShims"]),
+        .target(name: "WardTLS", dependencies: ["WardIdentity", "WardSystem", "COpenSSL", "CWardShims"]),
         .target(
             name: "WardObservability",
             dependencies: ["WardIdentity", "WardPolicy", .product(name: "Atomics", package: "swift-atomics")]
@@ -40,7 +41,8 @@ let package = Package(
         .target(
             name: "WardCore",
             dependencies: [
-                "WardIdentity", "WardPolicy", "WardConfig", "WardTLS", "WardObservability", "COpenSSL", "CLibevent",
+                "WardIdentity", "WardPolicy", "WardConfig", "WardTLS", "WardObservability", "WardSystem", "COpenSSL",
+                "CLibevent",
                 "CWardShims", .product(name: "Logging", package: "swift-log"),
                 .product(name: "Atomics", package: "swift-atomics"),
             ]

@@ -1,4 +1,5 @@
 import Foundation
+import WardSystem
 import Yams
 
 /// A YAML file read into nodes that remember their line, with helpers that report problems
@@ -56,7 +57,7 @@ struct YAMLDocument {
     /// none of FoundationEssentials' buffer leak on empty files (seen with the fuzzer).
     static func readFile(_ path: String) -> Result<Data, ReadError> {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return .failure(ReadError(reason: String(cString: strerror(errno)))) }
+        guard fd >= 0 else { return .failure(ReadError(reason: CText.lastError)) }
         defer { close(fd) }
         var data = Data()
         var chunk = [UInt8](repeating: 0, count: 65536)
@@ -64,7 +65,7 @@ struct YAMLDocument {
             let count = read(fd, &chunk, chunk.count)
             if count < 0 {
                 if errno == EINTR { continue }
-                return .failure(ReadError(reason: String(cString: strerror(errno))))
+                return .failure(ReadError(reason: CText.lastError))
             }
             if count == 0 { return .success(data) }
             data.append(contentsOf: chunk[0..<count])

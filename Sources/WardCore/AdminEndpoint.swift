@@ -2,6 +2,7 @@ internal import CLibevent
 import Foundation
 import Glibc
 import WardConfig
+import WardSystem
 
 /// Opens the admin endpoint's listening socket: a Unix socket (a stale file from a dead Ward is
 /// replaced; a live one is an error) or a loopback TCP address.
@@ -35,7 +36,7 @@ enum AdminSocket {
             AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         let bound = try withUnixAddress(path) { Glibc.bind(fd, $0, $1) }
         guard fd >= 0, bound == 0, listen(fd, 16) == 0 else {
-            let reason = String(cString: strerror(errno))
+            let reason = CText.lastError
             if fd >= 0 { Glibc.close(fd) }
             throw SocketAddressError(message: "cannot listen on admin socket \(path): \(reason)")
         }
@@ -99,7 +100,7 @@ final class AdminServer {
 
     fileprivate func handle(_ request: OpaquePointer) {
         let command = evhttp_request_get_command(request)
-        let uri = evhttp_request_get_uri(request).map { String(cString: $0) } ?? "/"
+        let uri = CText.optional(evhttp_request_get_uri(request)) ?? "/"
         let path = uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? uri
         switch (path, command) {
         case ("/reload", EVHTTP_REQ_POST):
@@ -248,7 +249,7 @@ public enum AdminClient {
                 throw error
             }
             guard connected == 0 else {
-                let reason = String(cString: strerror(errno))
+                let reason = CText.lastError
                 Glibc.close(fd)
                 throw SocketAddressError(message: "cannot reach the admin endpoint at \(socketPath): \(reason)")
             }
@@ -256,7 +257,7 @@ public enum AdminClient {
             let resolved = try SocketAddress.resolve(hostPort)
             fd = socket(resolved.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             guard resolved.withSockaddr({ connect(fd, $0, $1) }) == 0 else {
-                let reason = String(cString: strerror(errno))
+                let reason = CText.lastError
                 Glibc.close(fd)
                 throw SocketAddressError(message: "cannot reach the admin endpoint at \(hostPort): \(reason)")
             }

@@ -4,6 +4,7 @@ import Glibc
 import WardIdentity
 import WardObservability
 import WardPolicy
+import WardSystem
 import WardTLS
 
 /// Why an allowed connection ended; the `close_cause` log field.
@@ -140,7 +141,7 @@ final class Connection {
     private func handshakeFailure() -> (ReasonCode, String?) {
         let errors = drainErrorCodes()
         if let reason = check.reason { return (reason, check.detail) }
-        let detail = errors.last.map { String(cString: ERR_reason_error_string($0)) }
+        let detail = errors.last.map(OpenSSLError.text(of:))
         for code in errors {
             switch ERR_GET_REASON(code) {
             case SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE: return (.noClientCert, detail)
@@ -174,8 +175,8 @@ final class Connection {
                 return
             }
         }
-        tlsVersion = String(cString: SSL_get_version(ssl))
-        if let current = SSL_get_current_cipher(ssl) { cipher = String(cString: SSL_CIPHER_get_name(current)) }
+        tlsVersion = CText.optional(SSL_get_version(ssl))
+        if let current = SSL_get_current_cipher(ssl) { cipher = CText.optional(SSL_CIPHER_get_name(current)) }
         let metrics = worker.metrics
         metrics.handshakeDuration(seconds: Double(monotonicMicroseconds() - acceptedAtMicroseconds) / 1e6)
         if let notAfter = check.notAfter {
@@ -540,12 +541,12 @@ final class Connection {
     }
 
     private func drainErrors() -> [String] {
-        drainErrorCodes().map { String(cString: ERR_reason_error_string($0)) }
+        drainErrorCodes().map(OpenSSLError.text(of:))
     }
 
     private func errnoText() -> String {
         let code = errno
-        return code == 0 ? "connection failed" : String(cString: strerror(code))
+        return code == 0 ? "connection failed" : CText.errno(code)
     }
 }
 

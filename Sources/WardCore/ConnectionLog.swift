@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Synchronization
+import WardSystem
 import WardTLS
 
 /// The connection log: workers hand finished lines to `append`, which never blocks on I/O; a
@@ -50,7 +51,7 @@ public final class ConnectionLog: Sendable {
     private static func open(_ path: String) throws(LogOpenError) -> Int32 {
         if path == "-" { return STDOUT_FILENO }
         let fd = Glibc.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
-        guard fd >= 0 else { throw LogOpenError(path: path, reason: String(cString: strerror(errno))) }
+        guard fd >= 0 else { throw LogOpenError(path: path, reason: CText.lastError) }
         return fd
     }
 
@@ -138,7 +139,7 @@ public final class ConnectionLog: Sendable {
                 if written < 0 {
                     if errno == EINTR { continue }
                     // The log is the audit trail: say so loudly, but keep serving.
-                    writeDiagnostic("ward: connection log write failed: \(String(cString: strerror(errno)))\n")
+                    writeDiagnostic("ward: connection log write failed: \(CText.lastError)\n")
                     return
                 }
                 offset += written

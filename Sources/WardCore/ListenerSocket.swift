@@ -1,6 +1,7 @@
 internal import CLibevent
 import Foundation
 import Glibc
+import WardSystem
 
 /// Binds the listening sockets: one per worker per listener, all with SO_REUSEPORT so the
 /// kernel spreads accepts across workers.
@@ -17,7 +18,7 @@ enum ListenerSocket {
     static func bind(_ address: SocketAddress, reusePort: Bool = true) throws(SocketAddressError) -> Int32 {
         let fd = try makeSocket(address, reusePort: reusePort)
         guard listen(fd, backlog) == 0 else {
-            let reason = String(cString: strerror(errno))
+            let reason = CText.lastError
             Glibc.close(fd)
             throw SocketAddressError(message: "cannot listen on \(address): \(reason)")
         }
@@ -28,13 +29,13 @@ enum ListenerSocket {
         let fd = socket(
             address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue),
             0)
-        guard fd >= 0 else { throw SocketAddressError(message: "socket: \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw SocketAddressError(message: "socket: \(CText.lastError)") }
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
         if reusePort { setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, socklen_t(MemoryLayout<Int32>.size)) }
         let bound = address.withSockaddr { Glibc.bind(fd, $0, $1) }
         guard bound == 0 else {
-            let reason = String(cString: strerror(errno))
+            let reason = CText.lastError
             Glibc.close(fd)
             throw SocketAddressError(message: "cannot listen on \(address): \(reason)")
         }

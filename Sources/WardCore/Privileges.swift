@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import Logging
 import WardConfig
+import WardSystem
 
 /// Start-up checks on the files Ward trusts.
 enum FilePolicy {
@@ -49,7 +50,7 @@ enum Privileges {
         if case .unix(let path) = admin { chown(path, uid, gid) }
         guard setgroups(0, nil) == 0, setgid(gid) == 0, setuid(uid) == 0 else {
             throw StartupError(
-                message: "cannot drop privileges to \(user ?? "")/\(group ?? ""): \(String(cString: strerror(errno)))")
+                message: "cannot drop privileges to \(user ?? "")/\(group ?? ""): \(CText.lastError)")
         }
         // Root must not be recoverable.
         if uid != 0, setuid(0) == 0 { throw StartupError(message: "privileges could be regained after dropping them") }

@@ -2,6 +2,7 @@ import Foundation
 import WardConfig
 import WardIdentity
 import WardPolicy
+import WardSystem
 import WardTLS
 
 /// A listener with its addresses resolved.
@@ -95,7 +96,7 @@ public enum SnapshotBuilder {
                 problems.append(
                     ConfigProblem(
                         file: config.logPath, line: nil,
-                        message: "cannot write the connection log: \(String(cString: strerror(errno))) (\(folder))"))
+                        message: "cannot write the connection log: \(CText.lastError) (\(folder))"))
             }
         }
 

@@ -2,6 +2,7 @@ internal import CLibevent
 import Glibc
 import WardConfig
 import WardPolicy
+import WardSystem
 
 /// A resolved socket address, stored by value so the hot path never resolves names.
 public struct SocketAddress: Sendable, CustomStringConvertible {
@@ -18,7 +19,8 @@ public struct SocketAddress: Sendable, CustomStringConvertible {
         var results: UnsafeMutablePointer<addrinfo>?
         let status = getaddrinfo(hostPort.host, String(hostPort.port), &hints, &results)
         guard status == 0, let first = results else {
-            throw SocketAddressError(message: "cannot resolve \(hostPort): \(String(cString: gai_strerror(status)))")
+            throw SocketAddressError(
+                message: "cannot resolve \(hostPort): \(CText.string(gai_strerror(status), or: "error \(status)"))")
         }
         defer { freeaddrinfo(results) }
         var address = SocketAddress()

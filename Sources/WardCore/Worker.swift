@@ -6,6 +6,7 @@ import Synchronization
 import WardIdentity
 import WardObservability
 import WardPolicy
+import WardSystem
 import WardTLS
 
 /// Connection ids are unique within the process; one atomic add per accepted connection.
@@ -199,7 +200,7 @@ final class Worker: @unchecked Sendable {
         metrics.pausedListeners(1)
         writeDiagnostic(
             "ward: worker \(index) listener \(snapshot.listeners[box.listenerIndex].name): accept failed: "
-                + "\(String(cString: strerror(error))); pausing accepts for 100ms\n")
+                + "\(CText.errno(error)); pausing accepts for 100ms\n")
         var pause = Self.acceptRetryDelay
         event_base_once(
             base, -1, Int16(EV_TIMEOUT), resumeAcceptingCallback, Unmanaged.passUnretained(box).toOpaque(), &pause)

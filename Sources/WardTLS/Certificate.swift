@@ -2,6 +2,7 @@ internal import COpenSSL
 internal import CWardShims
 import Foundation
 import WardIdentity
+import WardSystem
 
 /// An X.509 certificate. Owns one reference to the underlying `X509`.
 public final class Certificate: @unchecked Sendable {
@@ -25,7 +26,7 @@ public final class Certificate: @unchecked Sendable {
         do {
             data = try Data(contentsOf: URL(fileURLWithPath: path))
         } catch {
-            throw CertificateError.unreadable(String(cString: strerror(errno == 0 ? ENOENT : errno)))
+            throw CertificateError.unreadable(CText.errno(errno == 0 ? ENOENT : errno))
         }
         return try parsePEM(data)
     }
@@ -113,7 +114,7 @@ public final class Certificate: @unchecked Sendable {
         defer { BN_free(bn) }
         guard let text = BN_bn2hex(bn) else { return "" }
         defer { WardShim_OPENSSL_free(text) }
-        return String(cString: text)
+        return CText.string(text, or: "")
     }
 
     private static func epochSeconds(_ time: UnsafePointer<ASN1_TIME>?) -> Int64 {

@@ -1,5 +1,6 @@
 internal import COpenSSL
 import Foundation
+import WardSystem
 
 /// A private key. Its bytes never leave OpenSSL and are never printed.
 public final class PrivateKey: @unchecked Sendable {
@@ -12,7 +13,7 @@ public final class PrivateKey: @unchecked Sendable {
     /// Reads a PEM private key (PKCS#8 or traditional). Reads the file: not for an event loop.
     public static func loadPEM(path: String) throws -> PrivateKey {
         guard let data = FileManager.default.contents(atPath: path) else {
-            throw CertificateError.unreadable(String(cString: strerror(errno == 0 ? ENOENT : errno)))
+            throw CertificateError.unreadable(CText.errno(errno == 0 ? ENOENT : errno))
         }
         ERR_clear_error()
         let key: OpaquePointer? = data.withUnsafeBytes { raw in

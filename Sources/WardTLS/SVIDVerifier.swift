@@ -1,5 +1,6 @@
 internal import COpenSSL
 import WardIdentity
+import WardSystem
 
 /// Verifies a peer's X509-SVID the SPIFFE way: read the ID, check the leaf's shape, pick the
 /// bundle of the ID's own trust domain, and verify the chain against that bundle only.
@@ -80,7 +81,9 @@ public final class SVIDVerifier {
         case X509_V_ERR_CERT_NOT_YET_VALID: reason = .notYetValid
         default: reason = .untrustedChain
         }
-        return refuse(check, reason, error, detail: String(cString: X509_verify_cert_error_string(Int(error))))
+        return refuse(
+            check, reason, error,
+            detail: CText.string(X509_verify_cert_error_string(Int(error)), or: "X509 verify error \(error)"))
     }
 
     private func refuse(_ check: PeerCheck, _ reason: ReasonCode, _ error: Int32, detail: String? = nil) -> Int32 {
