@@ -1,6 +1,7 @@
 import Foundation
 import WardIdentity
 import WardPolicy
+import WardSystem
 import Yams
 
 /// Loads `ward.yaml` and the rules file it names into a validated `WardConfiguration`.
@@ -127,6 +128,18 @@ public enum ConfigLoader {
         let maxChainDepth = count("max_chain_depth", default: WardConfiguration.defaultMaxChainDepth, range: 1...20)
         let maxCertSize = count(
             "max_cert_size", default: WardConfiguration.defaultMaxCertSize, range: 1024...1_048_576)
+        let securityLevel = count(
+            "security_level", default: WardConfiguration.defaultSecurityLevel, range: 2...5)
+        let maxFileSize = count("max_file_size", default: RegularFile.defaultSizeLimit, range: 1024...(1 << 40))
+        var peerExpiry = PeerExpiry.close
+        if let node = top.take("peer_expiry") {
+            if case .scalar(let scalar) = node, let value = PeerExpiry(rawValue: scalar.string) {
+                peerExpiry = value
+            } else {
+                problems.append(
+                    ConfigProblem(file: path, line: node.line, message: "peer_expiry must be close or keep"))
+            }
+        }
         let user = top.take("user").flatMap { $0.string("user", file: path, problems: &problems) }
         let group = top.take("group").flatMap { $0.string("group", file: path, problems: &problems) }
         var admin = AdminAddress.unix(path: AdminAddress.defaultPath)
@@ -157,7 +170,7 @@ public enum ConfigLoader {
         if let rulesFile, let listeners {
             rules = RulesLoader.load(
                 path: rulesFile.path, listeners: Set(listeners.map(\.name)),
-                trustDomains: Set(trustDomains.map(\.domain)), problems: &problems)
+                trustDomains: Set(trustDomains.map(\.domain)), sizeLimit: maxFileSize, problems: &problems)
         }
 
         guard let identityCert, let identityKey, let listeners, let rulesFile, let rules else { return nil }
@@ -171,6 +184,9 @@ public enum ConfigLoader {
         configuration.maxConnections = maxConnections
         configuration.maxChainDepth = maxChainDepth
         configuration.maxCertSize = maxCertSize
+        configuration.securityLevel = securityLevel
+        configuration.maxFileSize = maxFileSize
+        configuration.peerExpiry = peerExpiry
         configuration.user = user
         configuration.group = group
         return configuration
@@ -232,7 +248,7 @@ extension ConfigLoader {
     /// Only the `admin:` address of a config, read without validating the rest, so `ward reload`
     /// can reach a running Ward even while the files it is asked to reload are broken.
     public static func adminAddress(configPath: String) -> AdminAddress? {
-        guard let text = try? String(contentsOfFile: configPath, encoding: .utf8),
+        guard let data = try? RegularFile.read(configPath), let text = String(data: data, encoding: .utf8),
             let root = try? Yams.compose(yaml: text, .basic), case .mapping(let mapping) = root
         else { return nil }
         let folder = (configPath as NSString).deletingLastPathComponent

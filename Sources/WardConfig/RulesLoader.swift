@@ -1,5 +1,6 @@
 import WardIdentity
 import WardPolicy
+import WardSystem
 import Yams
 
 /// Reads a rules file and validates every rule against the configured listeners and trust
@@ -7,10 +8,12 @@ import Yams
 public enum RulesLoader {
     static func load(
         path: String, listeners: Set<String>, trustDomains: Set<TrustDomain>,
-        problems: inout [ConfigProblem]
+        sizeLimit: Int = RegularFile.defaultSizeLimit, problems: inout [ConfigProblem]
     ) -> RuleSource? {
         let before = problems.count
-        guard let document = YAMLDocument.load(path: path, displayPath: path, problems: &problems),
+        guard
+            let document = YAMLDocument.load(
+                path: path, displayPath: path, sizeLimit: sizeLimit, problems: &problems),
             var top = YAMLMapping(document.root, file: path, what: "rules file", problems: &problems)
         else { return nil }
 

@@ -1,5 +1,12 @@
 import WardIdentity
 import WardPolicy
+import WardSystem
+
+/// `peer_expiry`: close a connection when its peer's SVID reaches notAfter, or keep it.
+public enum PeerExpiry: String, Sendable {
+    case close
+    case keep
+}
 
 /// A host and port as written in the config (`127.0.0.1:8443`, `[::1]:8443`, `localhost:80`).
 public struct HostPort: Sendable, Equatable, CustomStringConvertible {
@@ -120,6 +127,13 @@ public struct WardConfiguration: Sendable {
     public var maxChainDepth = WardConfiguration.defaultMaxChainDepth
     /// Largest certificate message a peer may send, in bytes.
     public var maxCertSize = WardConfiguration.defaultMaxCertSize
+    /// OpenSSL security level for peers' chains and the handshake; 2 (the default) refuses RSA
+    /// under 2048 bits, EC under 224 bits and SHA-1 signatures. It can only be raised.
+    public var securityLevel = WardConfiguration.defaultSecurityLevel
+    /// Largest file Ward reads (rules, bundles, own SVID), in bytes.
+    public var maxFileSize = RegularFile.defaultSizeLimit
+    /// What happens to an open connection when its peer's SVID expires.
+    public var peerExpiry = PeerExpiry.close
     /// Drop to this user (and group) after binding, when started as root.
     public var user: String?
     public var group: String?
@@ -127,6 +141,7 @@ public struct WardConfiguration: Sendable {
     public static let defaultMaxConnections = 10_000
     public static let defaultMaxChainDepth = 5
     public static let defaultMaxCertSize = 32 * 1024
+    public static let defaultSecurityLevel = 2
     public var adminIsDefault: Bool
     /// Every file a reload reads, for the file watcher: config, rules, bundles, own cert and key.
     public var watchedFiles: [String] {

@@ -9,11 +9,12 @@ struct YAMLDocument {
     let root: Node?
 
     /// Reads and parses `path`; `displayPath` is what problems name.
-    static func load(path: String, displayPath: String, problems: inout [ConfigProblem])
-        -> YAMLDocument?
-    {
+    static func load(
+        path: String, displayPath: String, sizeLimit: Int = RegularFile.defaultSizeLimit,
+        problems: inout [ConfigProblem]
+    ) -> YAMLDocument? {
         let text: String
-        switch readFile(path) {
+        switch Result(catching: { () throws(FileReadError) -> Data in try RegularFile.read(path, limit: sizeLimit) }) {
         case .success(let data):
             guard let decoded = String(data: data, encoding: .utf8) else {
                 problems.append(ConfigProblem(file: displayPath, line: nil, message: "not UTF-8 text"))
@@ -52,29 +53,6 @@ struct YAMLDocument {
             return ConfigProblem(file: file, line: nil, message: "invalid YAML: \(error)")
         }
     }
-
-    /// The whole file, or the operating system's reason. Plain POSIX reads: exact error text, and
-    /// none of FoundationEssentials' buffer leak on empty files (seen with the fuzzer).
-    static func readFile(_ path: String) -> Result<Data, ReadError> {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return .failure(ReadError(reason: CText.lastError)) }
-        defer { close(fd) }
-        var data = Data()
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let count = read(fd, &chunk, chunk.count)
-            if count < 0 {
-                if errno == EINTR { continue }
-                return .failure(ReadError(reason: CText.lastError))
-            }
-            if count == 0 { return .success(data) }
-            data.append(contentsOf: chunk[0..<count])
-        }
-    }
-}
-
-struct ReadError: Error {
-    var reason: String
 }
 
 /// A mapping being read: each key taken is remembered, and `finish` reports the rest as unknown.

@@ -53,6 +53,11 @@ final class Connection {
     private var client: OpaquePointer?
     private var upstream: OpaquePointer?
     private var timer: OpaquePointer?
+    /// Fires when the peer's SVID reaches notAfter (`peer_expiry: close`).
+    private var expiryTimer: OpaquePointer?
+    /// The verification key (bundle and limits) of the peer's trust domain its chain was last
+    /// verified under; a reload that keeps it needs no new chain verification.
+    private var verifiedUnder: String?
     private var decision: Decision?
     private var tlsVersion: String?
     private var cipher: String?
@@ -175,6 +180,7 @@ final class Connection {
                 return
             }
         }
+        verifiedUnder = worker.snapshot.verificationKeys[peer.trustDomain]
         tlsVersion = CText.optional(SSL_get_version(ssl))
         if let current = SSL_get_current_cipher(ssl) { cipher = CText.optional(SSL_CIPHER_get_name(current)) }
         let metrics = worker.metrics
@@ -200,6 +206,7 @@ final class Connection {
         }
         counted = true
         metrics.active(listener: listenerIndex, 1)
+        armExpiry()
         connectUpstream()
     }
 
@@ -221,19 +228,53 @@ final class Connection {
 
     /// After a reload: is this peer still allowed under the new trust bundles and rules? If not,
     /// the connection is closed and logged as `revoke`, then `close` with `close_cause: revoked`.
+    /// The chain is verified again only when its trust domain's bundle or the verification
+    /// limits changed; the rules are always decided again (a lookup).
     func recheck() {
         guard state == .connectingUpstream || state == .forwarding, let client,
+            generation != worker.publication.generation,
             let ssl = bufferevent_openssl_get_ssl(client), let peer = check.id
         else { return }
         generation = worker.publication.generation
-        if let (reason, detail) = worker.tls.reverifyPeer(of: ssl) {
-            revoke(reason: reason, detail: detail, decision: nil)
-            return
+        let key = worker.snapshot.verificationKeys[peer.trustDomain]
+        if key != verifiedUnder {
+            if let (reason, detail) = worker.tls.reverifyPeer(of: ssl) {
+                revoke(reason: reason, detail: detail, decision: nil)
+                return
+            }
+            verifiedUnder = key
         }
         let decision = decide(peer)
         if !decision.letsThrough {
             revoke(reason: .ruleDenied, detail: nil, decision: decision)
+            return
         }
+        armExpiry()
+    }
+
+    /// With `peer_expiry: close`, a timer for the moment the peer's SVID expires: a connection
+    /// must not outlive the identity that opened it.
+    private func armExpiry() {
+        guard worker.snapshot.config.peerExpiry == .close, let notAfter = check.notAfter else {
+            if let expiryTimer { event_del(expiryTimer) }
+            return
+        }
+        if expiryTimer == nil { expiryTimer = event_new(worker.base, -1, 0, expiryCallback, context) }
+        let remaining = max(0, notAfter - Int64(worker.now.tv_sec))
+        var wait = timeval(tv_sec: Int(remaining), tv_usec: 0)
+        event_add(expiryTimer, &wait)
+    }
+
+    fileprivate func expiryFired() {
+        guard state == .connectingUpstream || state == .forwarding, let notAfter = check.notAfter else { return }
+        // A wall clock stepped back since arming: wait for the rest.
+        if Int64(worker.now.tv_sec) < notAfter {
+            armExpiry()
+            return
+        }
+        revoke(
+            reason: .expired, detail: "peer SVID expired at \(LogLine.rfc3339(epochSeconds: notAfter))",
+            decision: decision)
     }
 
     private func revoke(reason: ReasonCode, detail: String?, decision: Decision?) {
@@ -495,6 +536,8 @@ final class Connection {
         worker.load.release(listenerIndex)
         if let timer { event_free(timer) }
         timer = nil
+        if let expiryTimer { event_free(expiryTimer) }
+        expiryTimer = nil
         if let client { bufferevent_free(client) }
         client = nil
         if let upstream { bufferevent_free(upstream) }
@@ -571,6 +614,9 @@ private let clientEventCallback: @convention(c) (OpaquePointer?, Int16, UnsafeMu
 }
 private let upstreamEventCallback: @convention(c) (OpaquePointer?, Int16, UnsafeMutableRawPointer?) -> Void = {
     connection($2).upstreamEvent($1)
+}
+private let expiryCallback: @convention(c) (Int32, Int16, UnsafeMutableRawPointer?) -> Void = {
+    connection($2).expiryFired()
 }
 private let timerCallback: @convention(c) (Int32, Int16, UnsafeMutableRawPointer?) -> Void = {
     connection($2).timerFired()

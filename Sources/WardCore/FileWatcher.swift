@@ -84,7 +84,7 @@ final class FileWatcher {
     }
 
     fileprivate func settle() {
-        let outcome = reloader.reload(trigger: "file", logFailure: false, skipUnchanged: true)
+        let outcome = reloader.reload(trigger: "file", logFailure: false)
         if !outcome.ok, outcome.retryable, retries < Self.mismatchRetries {
             retries += 1
             arm()

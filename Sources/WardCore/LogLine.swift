@@ -43,9 +43,14 @@ struct LogLine {
     /// Adds an epoch-seconds instant as RFC 3339 UTC.
     mutating func addTime(_ key: String, epochSeconds: Int64?) {
         guard let epochSeconds else { return }
+        add(key, Self.rfc3339(epochSeconds: epochSeconds))
+    }
+
+    /// RFC 3339 UTC to the second, e.g. `2026-11-22T22:50:31Z`.
+    static func rfc3339(epochSeconds: Int64) -> String {
         var time = ""
-        Self.appendTimestamp(timeval(tv_sec: Int(epochSeconds), tv_usec: 0), to: &time, milliseconds: false)
-        add(key, time)
+        appendTimestamp(timeval(tv_sec: Int(epochSeconds), tv_usec: 0), to: &time, milliseconds: false)
+        return time
     }
 
     func finish() -> String { text + "}\n" }

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import WardConfig
 import WardObservability
+import WardSystem
 import WardTLS
 
 /// The result of one reload, as logged and as `POST /reload` and `ward reload` report it.
@@ -59,8 +60,9 @@ final class Reloader {
     }
 
     /// Reloads from disk. `logFailure: false` lets the file watcher retry a half-rotated SVID
-    /// quietly; `skipUnchanged` makes a reload whose files are all unchanged a silent no-op.
-    func reload(trigger: String, logFailure: Bool = true, skipUnchanged: Bool = false) -> ReloadOutcome {
+    /// quietly. A reload whose files are all byte-identical to the running generation publishes
+    /// nothing, whatever triggered it: workers have nothing to re-check.
+    func reload(trigger: String, logFailure: Bool = true) -> ReloadOutcome {
         let started = DispatchTime.now().uptimeNanoseconds
         let current = store.load()
         var outcome = ReloadOutcome(
@@ -70,9 +72,14 @@ final class Reloader {
         // the recorded digest, so the watcher's next look reloads again instead of calling it
         // unchanged. Hashing is cheap next to parsing, so a no-op is settled here too.
         let before = Self.digests(of: current.snapshot.config)
-        if skipUnchanged, before.files == current.filesDigest {
+        if before.files == current.filesDigest {
             outcome.ok = true
             outcome.changed = false
+            // The watcher sees every write; only a reload someone asked for is worth a line.
+            if trigger != "file" {
+                logLine(outcome, trigger: trigger)
+                metrics.reload(ok: true)
+            }
             return outcome
         }
         switch SnapshotBuilder.load(configPath: configPath) {
@@ -112,6 +119,7 @@ final class Reloader {
         if outcome.ok {
             line.add("generation", Int64(outcome.generation))
             line.add("rules", Int64(outcome.rules))
+            line.add("changed", outcome.changed)
             line.add("sha256", outcome.sha256)
             line.add("duration_ms", Int64(outcome.durationMilliseconds.rounded()))
         } else {
@@ -139,7 +147,9 @@ final class Reloader {
 
     /// (config + rules, every file) digests; unreadable files hash as empty.
     static func digests(of config: WardConfiguration) -> (sources: String, files: String) {
-        func read(_ path: String) -> Data { FileManager.default.contents(atPath: path) ?? Data() }
+        func read(_ path: String) -> Data {
+            (try? RegularFile.read(path, limit: config.maxFileSize)) ?? Data()
+        }
         let sources = [read(config.configPath), read(config.rulesFile.path)]
         let files = sources + config.watchedFiles.dropFirst(2).map(read)
         return (Digest.sha256Hex(lengthPrefixed: sources), Digest.sha256Hex(lengthPrefixed: files))

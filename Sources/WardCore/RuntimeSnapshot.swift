@@ -21,6 +21,29 @@ public struct RuntimeSnapshot: Sendable {
     public let bundles: [TrustBundle]
     public let ruleSet: RuleSet
     public let listeners: [ResolvedListener]
+    /// Per trust domain, a digest of everything chain verification depends on (bundle and
+    /// limits): after a reload, only peers whose key changed need their chain verified again.
+    let verificationKeys: [TrustDomain: String]
+
+    init(
+        config: WardConfiguration, identity: IdentityMaterial, ownID: SPIFFEID, bundles: [TrustBundle],
+        ruleSet: RuleSet, listeners: [ResolvedListener]
+    ) {
+        self.config = config
+        self.identity = identity
+        self.ownID = ownID
+        self.bundles = bundles
+        self.ruleSet = ruleSet
+        self.listeners = listeners
+        let limits = Data(
+            "\(config.maxChainDepth)/\(config.maxSVIDLifetime.components.seconds)/\(config.securityLevel)".utf8)
+        var keys: [TrustDomain: String] = [:]
+        for bundle in bundles {
+            keys[bundle.trustDomain] = Digest.sha256Hex(
+                lengthPrefixed: bundle.authorities.map { Data($0.sha256Hex.utf8) } + [limits])
+        }
+        verificationKeys = keys
+    }
 
     var leafPolicy: SVIDLeafPolicy {
         SVIDLeafPolicy(role: .client, maximumLifetimeSeconds: config.maxSVIDLifetime.components.seconds)
@@ -28,7 +51,9 @@ public struct RuntimeSnapshot: Sendable {
 
     /// Builds a TLS context with its own verifier stores. Parses keys: not on an event loop.
     func makeTLSContext() throws -> TLSServerContext {
-        let verifier = try SVIDVerifier(bundles: bundles, policy: leafPolicy, maxChainDepth: config.maxChainDepth)
+        let verifier = try SVIDVerifier(
+            bundles: bundles, policy: leafPolicy, maxChainDepth: config.maxChainDepth,
+            securityLevel: config.securityLevel)
         return try TLSServerContext(
             identity: identity, verifier: verifier, resumption: config.resumption, maxCertSize: config.maxCertSize)
     }
@@ -44,7 +69,10 @@ public enum SnapshotBuilder {
         var bundles: [TrustBundle] = []
         for (domain, file) in config.trustDomains {
             do {
-                bundles.append(TrustBundle(trustDomain: domain, authorities: try Certificate.loadPEM(path: file.path)))
+                bundles.append(
+                    TrustBundle(
+                        trustDomain: domain,
+                        authorities: try Certificate.loadPEM(path: file.path, sizeLimit: config.maxFileSize)))
             } catch {
                 problems.append(
                     ConfigProblem(file: file.path, line: nil, message: "trust bundle of \(domain): \(error)"))
@@ -53,7 +81,7 @@ public enum SnapshotBuilder {
 
         var chain: [Certificate] = []
         do {
-            chain = try Certificate.loadPEM(path: config.identityCert.path)
+            chain = try Certificate.loadPEM(path: config.identityCert.path, sizeLimit: config.maxFileSize)
             if chain.isEmpty {
                 problems.append(
                     ConfigProblem(file: config.identityCert.path, line: nil, message: "holds no certificate"))
@@ -63,7 +91,7 @@ public enum SnapshotBuilder {
         }
         var key: PrivateKey?
         do {
-            key = try PrivateKey.loadPEM(path: config.identityKey.path)
+            key = try PrivateKey.loadPEM(path: config.identityKey.path, sizeLimit: config.maxFileSize)
         } catch {
             problems.append(ConfigProblem(file: config.identityKey.path, line: nil, message: "\(error)"))
         }
@@ -78,7 +106,8 @@ public enum SnapshotBuilder {
         if problems.isEmpty, !chain.isEmpty {
             do {
                 let verifier = try SVIDVerifier(
-                    bundles: bundles, policy: SVIDLeafPolicy(role: .server, maximumLifetimeSeconds: .max))
+                    bundles: bundles, policy: SVIDLeafPolicy(role: .server, maximumLifetimeSeconds: .max),
+                    securityLevel: config.securityLevel)
                 switch verifier.verifyOwn(chain: chain) {
                 case .success(let id): ownID = id
                 case .failure(let error):

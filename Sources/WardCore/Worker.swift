@@ -41,6 +41,10 @@ final class Worker: @unchecked Sendable {
     private var closeListenersEvent: OpaquePointer?
     private var reloadEvent: OpaquePointer?
     private var taskEvent: OpaquePointer?
+    /// Fires with a zero timeout to run the next re-check slice after pending I/O.
+    private var recheckEvent: OpaquePointer?
+    /// Connections still to re-check against the current publication.
+    private var recheckQueue: [UInt64] = []
     /// Work other threads hand to this loop (admin queries); drained by `taskEvent`.
     private let tasks = Mutex<[@Sendable () -> Void]>([])
     private let running = Atomic<Bool>(false)
@@ -76,6 +80,7 @@ final class Worker: @unchecked Sendable {
         reloadEvent = event_new(base, -1, Int16(EV_PERSIST), reloadCallback, context)
         taskEvent = event_new(base, -1, Int16(EV_PERSIST), taskCallback, context)
         closeListenersEvent = event_new(base, -1, Int16(EV_PERSIST), closeListenersCallback, context)
+        recheckEvent = event_new(base, -1, 0, recheckCallback, context)
     }
 
     private var listenerContexts: [ListenerContext] = []
@@ -85,6 +90,7 @@ final class Worker: @unchecked Sendable {
         if let reloadEvent { event_free(reloadEvent) }
         if let taskEvent { event_free(taskEvent) }
         if let closeListenersEvent { event_free(closeListenersEvent) }
+        if let recheckEvent { event_free(recheckEvent) }
         event_base_free(base)
     }
 
@@ -161,19 +167,34 @@ final class Worker: @unchecked Sendable {
         event_active(reloadEvent, EV_READ, 0)
     }
 
-    /// Takes the newest publication if there is one. One relaxed atomic load when there is not.
-    @discardableResult
-    func adoptLatest() -> Bool {
-        guard store.generation != publication.generation else { return false }
+    /// Takes the newest publication if there is one, and then re-checks every open connection
+    /// against it, whatever called: an accept that adopts first must not skip the re-check.
+    /// One atomic load when nothing was published.
+    func adoptLatest() {
+        guard store.generation != publication.generation else { return }
         publication = store.load()
-        return true
+        // Connections decided under this generation skip themselves, so queueing all is safe.
+        recheckQueue = Array(connections.keys)
+        runRecheckSlice()
     }
 
-    /// On the worker thread after a publication: closes every open connection whose peer the
-    /// new rules or trust bundles no longer allow.
-    fileprivate func adoptAndRecheck() {
-        guard adoptLatest() else { return }
-        for connection in Array(connections.values) { connection.recheck() }
+    /// Longest a re-check slice may hold the loop before yielding to I/O.
+    static let recheckSliceMicroseconds: Int64 = 2000
+
+    /// Re-checks queued connections for up to `recheckSliceMicroseconds`, then yields to the
+    /// loop and continues: a reload never stalls forwarding for long, however many are open.
+    fileprivate func runRecheckSlice() {
+        let deadline = monotonicMicroseconds() + Self.recheckSliceMicroseconds
+        var checked = 0
+        while let id = recheckQueue.popLast() {
+            connections[id]?.recheck()
+            checked += 1
+            if checked % 8 == 0, monotonicMicroseconds() >= deadline { break }
+        }
+        if !recheckQueue.isEmpty {
+            var now = timeval()
+            event_add(recheckEvent, &now)
+        }
     }
 
     fileprivate func accept(fd: Int32, address: UnsafeMutablePointer<sockaddr>, length: Int32, listenerIndex: Int) {
@@ -296,7 +317,13 @@ private let taskCallback: @convention(c) (Int32, Int16, UnsafeMutableRawPointer?
 private let reloadCallback: @convention(c) (Int32, Int16, UnsafeMutableRawPointer?) -> Void = {
     _, _, context in
     guard let context else { return }
-    Unmanaged<Worker>.fromOpaque(context).takeUnretainedValue().adoptAndRecheck()
+    Unmanaged<Worker>.fromOpaque(context).takeUnretainedValue().adoptLatest()
+}
+
+private let recheckCallback: @convention(c) (Int32, Int16, UnsafeMutableRawPointer?) -> Void = {
+    _, _, context in
+    guard let context else { return }
+    Unmanaged<Worker>.fromOpaque(context).takeUnretainedValue().runRecheckSlice()
 }
 
 private let stopCallback: @convention(c) (Int32, Int16, UnsafeMutableRawPointer?) -> Void = {

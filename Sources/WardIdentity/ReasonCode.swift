@@ -22,6 +22,7 @@ public enum ReasonCode: String, Error, Sendable, CaseIterable {
     case chainTooLong = "chain_too_long"
     case listenerFull = "listener_full"
     case certTooLarge = "cert_too_large"
+    case weakCrypto = "weak_crypto"
 
     /// Position in `allCases`, for per-reason counters.
     public var index: Int { Self.allCases.firstIndex(of: self)! }

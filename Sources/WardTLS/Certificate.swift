@@ -21,12 +21,12 @@ public final class Certificate: @unchecked Sendable {
     deinit { X509_free(x509) }
 
     /// Every certificate in a PEM file, in file order. Reads the file: not for an event loop.
-    public static func loadPEM(path: String) throws -> [Certificate] {
+    public static func loadPEM(path: String, sizeLimit: Int = RegularFile.defaultSizeLimit) throws -> [Certificate] {
         let data: Data
         do {
-            data = try Data(contentsOf: URL(fileURLWithPath: path))
+            data = try RegularFile.read(path, limit: sizeLimit)
         } catch {
-            throw CertificateError.unreadable(CText.errno(errno == 0 ? ENOENT : errno))
+            throw CertificateError.unreadable(error.reason)
         }
         return try parsePEM(data)
     }

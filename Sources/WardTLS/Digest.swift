@@ -3,8 +3,6 @@ import Foundation
 
 /// SHA-256, through OpenSSL.
 public enum Digest {
-    /// Lowercase hex SHA-256 of the concatenation of `parts`, each prefixed by its length so
-    /// that moving bytes between parts changes the digest.
     /// Lowercase hex SHA-256 of `data`.
     public static func sha256Hex(_ data: Data) -> String {
         var digest = [UInt8](repeating: 0, count: 32)
@@ -13,6 +11,8 @@ public enum Digest {
         return done == 1 ? hex(digest.prefix(Int(size))) : ""
     }
 
+    /// Lowercase hex SHA-256 of the concatenation of `parts`, each prefixed by its length so
+    /// that moving bytes between parts changes the digest.
     public static func sha256Hex(lengthPrefixed parts: [Data]) -> String {
         guard let context = EVP_MD_CTX_new() else { return "" }
         defer { EVP_MD_CTX_free(context) }

@@ -11,9 +11,12 @@ public final class PrivateKey: @unchecked Sendable {
     deinit { EVP_PKEY_free(pkey) }
 
     /// Reads a PEM private key (PKCS#8 or traditional). Reads the file: not for an event loop.
-    public static func loadPEM(path: String) throws -> PrivateKey {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw CertificateError.unreadable(CText.errno(errno == 0 ? ENOENT : errno))
+    public static func loadPEM(path: String, sizeLimit: Int = RegularFile.defaultSizeLimit) throws -> PrivateKey {
+        let data: Data
+        do {
+            data = try RegularFile.read(path, limit: sizeLimit)
+        } catch {
+            throw CertificateError.unreadable(error.reason)
         }
         ERR_clear_error()
         let key: OpaquePointer? = data.withUnsafeBytes { raw in

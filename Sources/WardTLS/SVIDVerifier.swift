@@ -11,9 +11,12 @@ public final class SVIDVerifier {
     public let policy: SVIDLeafPolicy
     /// Certificates a peer may present, leaf included.
     public let maxChainDepth: Int
+    /// OpenSSL security level applied to every chain: key sizes and signature digests.
+    public let securityLevel: Int32
 
-    public init(bundles: [TrustBundle], policy: SVIDLeafPolicy, maxChainDepth: Int = 5) throws {
+    public init(bundles: [TrustBundle], policy: SVIDLeafPolicy, maxChainDepth: Int = 5, securityLevel: Int = 2) throws {
         self.maxChainDepth = maxChainDepth
+        self.securityLevel = Int32(securityLevel)
         var stores: [TrustDomain: OpaquePointer] = [:]
         do {
             for bundle in bundles { stores[bundle.trustDomain] = try bundle.makeStore() }
@@ -72,6 +75,9 @@ public final class SVIDVerifier {
             return refuse(
                 check, .tlsError, X509_V_ERR_UNSPECIFIED, detail: OpenSSLError.drain("X509_STORE_CTX_init").description)
         }
+        // A context built here does not inherit the SSL_CTX's security level: without this,
+        // RSA-512 leaves and SHA-1-signed chains verify.
+        X509_VERIFY_PARAM_set_auth_level(X509_STORE_CTX_get0_param(context), securityLevel)
         if X509_verify_cert(context) == 1 { return nil }
         let error = X509_STORE_CTX_get_error(context)
         ERR_clear_error()
@@ -79,6 +85,11 @@ public final class SVIDVerifier {
         switch error {
         case X509_V_ERR_CERT_HAS_EXPIRED: reason = .expired
         case X509_V_ERR_CERT_NOT_YET_VALID: reason = .notYetValid
+        case X509_V_ERR_EE_KEY_TOO_SMALL, X509_V_ERR_CA_KEY_TOO_SMALL, X509_V_ERR_CA_MD_TOO_WEAK:
+            let depth = X509_STORE_CTX_get_error_depth(context)
+            let which = depth == 0 ? "leaf" : "certificate \(depth) of the chain"
+            let text = CText.string(X509_verify_cert_error_string(Int(error)), or: "weak key or digest")
+            return refuse(check, .weakCrypto, error, detail: "\(which): \(text) (security_level \(securityLevel))")
         default: reason = .untrustedChain
         }
         return refuse(

@@ -39,6 +39,8 @@ public final class TLSServerContext {
         guard WardShim_SSL_CTX_set_min_proto_version(context, TLS1_2_VERSION) == 1,
             WardShim_SSL_CTX_set_max_proto_version(context, TLS1_3_VERSION) == 1
         else { throw OpenSSLError.drain("setting TLS versions") }
+        // Handshake signatures and groups follow the same level as peers' chains.
+        SSL_CTX_set_security_level(context, verifier.securityLevel)
         SSL_CTX_set_options(
             context,
             WardShim_SSL_OP_NO_RENEGOTIATION() | WardShim_SSL_OP_NO_COMPRESSION()
