@@ -47,10 +47,18 @@ let package = Package(
                 .product(name: "Atomics", package: "swift-atomics"),
             ]
         ),
+        .target(
+            name: "WardControl",
+            dependencies: [
+                "WardCore", "WardIdentity", "WardPolicy", "WardConfig", "WardTLS", "WardObservability", "WardSystem",
+                "CLibevent", .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .executableTarget(
             name: "ward",
             dependencies: [
-                "WardCore", "WardConfig", "WardTLS", "WardObservability", "WardPolicy", "WardIdentity",
+                "WardControl", "WardCore", "WardSystem", "WardConfig", "WardTLS", "WardObservability", "WardPolicy",
+                "WardIdentity",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -63,6 +71,7 @@ let package = Package(
         .testTarget(
             name: "WardObservabilityTests", dependencies: ["WardObservability", "WardPolicy", "WardIdentity"]
         ),
+        .testTarget(name: "wardTests", dependencies: ["ward", "WardObservability", "WardPolicy", "WardIdentity"]),
         .testTarget(
             name: "WardConfigTests",
             dependencies: ["WardConfig", "WardPolicy", "WardIdentity"]

@@ -184,6 +184,7 @@ public enum ConfigLoader {
         configuration.maxConnections = maxConnections
         configuration.maxChainDepth = maxChainDepth
         configuration.maxCertSize = maxCertSize
+        configuration.adminAllowRemote = allowRemote
         configuration.securityLevel = securityLevel
         configuration.maxFileSize = maxFileSize
         configuration.peerExpiry = peerExpiry

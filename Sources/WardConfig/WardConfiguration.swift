@@ -143,6 +143,8 @@ public struct WardConfiguration: Sendable {
     public static let defaultMaxCertSize = 32 * 1024
     public static let defaultSecurityLevel = 2
     public var adminIsDefault: Bool
+    /// `admin_allow_remote`: a TCP admin address that is not loopback is allowed.
+    public var adminAllowRemote = false
     /// Every file a reload reads, for the file watcher: config, rules, bundles, own cert and key.
     public var watchedFiles: [String] {
         [configPath, rulesFile.path] + trustDomains.map(\.bundle.path) + [identityCert.path, identityKey.path]

@@ -215,7 +215,7 @@ final class Connection {
         var line = record("handshake_error")
         line.add("reason", reason.rawValue)
         line.add("detail", detail)
-        worker.log.append(line.finish())
+        worker.logHandshakeError(line, source: peerIP, reason: reason)
         release()
     }
 
@@ -623,20 +623,20 @@ private let timerCallback: @convention(c) (Int32, Int16, UnsafeMutableRawPointer
 }
 
 /// CLOCK_MONOTONIC in microseconds (vDSO: no system call).
-func monotonicMicroseconds() -> Int64 {
+package func monotonicMicroseconds() -> Int64 {
     var time = timespec()
     clock_gettime(CLOCK_MONOTONIC, &time)
     return Int64(time.tv_sec) * 1_000_000 + Int64(time.tv_nsec) / 1000
 }
 
 /// One open connection, as `GET /connections` reports it.
-struct ConnectionInfo: Sendable {
-    var id: UInt64
-    var listener: String
-    var peerID: String?
-    var peerAddress: String
-    var sinceEpochMilliseconds: Int64
-    var bytesIn: Int64
-    var bytesOut: Int64
-    var state: String
+package struct ConnectionInfo: Sendable {
+    package var id: UInt64
+    package var listener: String
+    package var peerID: String?
+    package var peerAddress: String
+    package var sinceEpochMilliseconds: Int64
+    package var bytesIn: Int64
+    package var bytesOut: Int64
+    package var state: String
 }

@@ -22,6 +22,9 @@ public final class ConnectionLog: Sendable {
 
     private let state = Mutex(State())
     private let droppedTotal = Atomic<Int64>(0)
+    private let reopenFailureTotal = Atomic<Int64>(0)
+    /// Why the last reopen failed, until one succeeds (for `/healthz`).
+    private let reopenProblem = Mutex<String?>(nil)
     private let wakeup = DispatchSemaphore(value: 0)
     private let finished = DispatchSemaphore(value: 0)
     private let capacity: Int
@@ -124,11 +127,27 @@ public final class ConnectionLog: Sendable {
         return body + "\n"
     }
 
+    /// On failure the old file stays open and keeps every line: nothing is lost, and the
+    /// failure is said on stderr, in `/healthz` and in `ward_log_reopen_failures_total`.
     private func reopenFile() {
-        guard path != "-", let fresh = try? Self.open(path) else { return }
-        Glibc.close(descriptor)
-        descriptor = fresh
+        guard path != "-" else { return }
+        do {
+            let fresh = try Self.open(path)
+            Glibc.close(descriptor)
+            descriptor = fresh
+            reopenProblem.withLock { $0 = nil }
+        } catch {
+            reopenFailureTotal.add(1, ordering: .relaxed)
+            reopenProblem.withLock { $0 = error.reason }
+            writeDiagnostic("ward: \(error); still writing to the file opened before\n")
+        }
     }
+
+    /// Log reopens that failed since start, for `ward_log_reopen_failures_total`.
+    public var reopenFailures: Int64 { reopenFailureTotal.load(ordering: .relaxed) }
+
+    /// Why the last reopen failed, or nil once one succeeded.
+    public var lastReopenProblem: String? { reopenProblem.withLock { $0 } }
 
     private func write(_ chunk: String) {
         var chunk = chunk
@@ -160,7 +179,7 @@ public final class ConnectionLog: Sendable {
         return Digest.sha256Hex(Data(last))
     }
 
-    static func now() -> timeval {
+    package static func now() -> timeval {
         var time = timeval()
         gettimeofday(&time, nil)
         return time
@@ -174,7 +193,7 @@ public struct LogOpenError: Error, CustomStringConvertible {
 }
 
 /// Writes one line to standard error with a single write(2): safe from any thread, no locks.
-func writeDiagnostic(_ text: String) {
+package func writeDiagnostic(_ text: String) {
     var text = text
     text.withUTF8 { bytes in _ = Glibc.write(STDERR_FILENO, bytes.baseAddress, bytes.count) }
 }

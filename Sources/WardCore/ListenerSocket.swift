@@ -5,17 +5,17 @@ import WardSystem
 
 /// Binds the listening sockets: one per worker per listener, all with SO_REUSEPORT so the
 /// kernel spreads accepts across workers.
-enum ListenerSocket {
-    static let backlog: Int32 = 1024
+package enum ListenerSocket {
+    package static let backlog: Int32 = 1024
 
     /// Fails with EADDRINUSE when anyone else holds the port, even another SO_REUSEPORT
     /// process of the same user, which a plain SO_REUSEPORT bind would silently join.
-    static func checkAvailable(_ address: SocketAddress) throws(SocketAddressError) {
+    package static func checkAvailable(_ address: SocketAddress) throws(SocketAddressError) {
         let fd = try makeSocket(address, reusePort: false)
         Glibc.close(fd)
     }
 
-    static func bind(_ address: SocketAddress, reusePort: Bool = true) throws(SocketAddressError) -> Int32 {
+    package static func bind(_ address: SocketAddress, reusePort: Bool = true) throws(SocketAddressError) -> Int32 {
         let fd = try makeSocket(address, reusePort: reusePort)
         guard listen(fd, backlog) == 0 else {
             let reason = CText.lastError

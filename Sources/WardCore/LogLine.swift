@@ -2,11 +2,11 @@ import Glibc
 
 /// Builds one JSON Lines record. Fields are appended in call order; strings are escaped.
 /// Built on the worker, once per event (never per byte), then handed to `ConnectionLog`.
-struct LogLine {
+package struct LogLine {
     private var text: String
 
     /// `connection` is nil for process-level events (`reload`, `log_dropped`).
-    init(event: String, connection: UInt64?, timestamp: timeval) {
+    package init(event: String, connection: UInt64?, timestamp: timeval) {
         text = "{\"ts\":\""
         text.reserveCapacity(512)
         Self.appendTimestamp(timestamp, to: &text)
@@ -19,7 +19,7 @@ struct LogLine {
         }
     }
 
-    mutating func add(_ key: String, _ value: String?) {
+    package mutating func add(_ key: String, _ value: String?) {
         guard let value else { return }
         text += ",\""
         text += key
@@ -28,7 +28,7 @@ struct LogLine {
         text += "\""
     }
 
-    mutating func add(_ key: String, _ value: Int64?) {
+    package mutating func add(_ key: String, _ value: Int64?) {
         guard let value else { return }
         text += ",\""
         text += key
@@ -36,26 +36,38 @@ struct LogLine {
         text += String(value)
     }
 
-    mutating func add(_ key: String, _ value: Bool) {
+    package mutating func add(_ key: String, _ value: Bool) {
         text += ",\"\(key)\":\(value)"
     }
 
+    /// Adds `{"name":count,...}`, names sorted.
+    package mutating func addCounts(_ key: String, _ counts: [String: Int]) {
+        var object = "{"
+        for (index, name) in counts.keys.sorted().enumerated() {
+            if index > 0 { object += "," }
+            object += "\""
+            Self.escape(name, into: &object)
+            object += "\":\(counts[name] ?? 0)"
+        }
+        text += ",\"\(key)\":\(object)}"
+    }
+
     /// Adds an epoch-seconds instant as RFC 3339 UTC.
-    mutating func addTime(_ key: String, epochSeconds: Int64?) {
+    package mutating func addTime(_ key: String, epochSeconds: Int64?) {
         guard let epochSeconds else { return }
         add(key, Self.rfc3339(epochSeconds: epochSeconds))
     }
 
     /// RFC 3339 UTC to the second, e.g. `2026-11-22T22:50:31Z`.
-    static func rfc3339(epochSeconds: Int64) -> String {
+    package static func rfc3339(epochSeconds: Int64) -> String {
         var time = ""
         appendTimestamp(timeval(tv_sec: Int(epochSeconds), tv_usec: 0), to: &time, milliseconds: false)
         return time
     }
 
-    func finish() -> String { text + "}\n" }
+    package func finish() -> String { text + "}\n" }
 
-    static func escape(_ value: String, into out: inout String) {
+    package static func escape(_ value: String, into out: inout String) {
         for scalar in value.unicodeScalars {
             switch scalar {
             case "\"": out += "\\\""
@@ -74,7 +86,7 @@ struct LogLine {
     }
 
     /// RFC 3339 UTC, e.g. `2026-11-22T22:50:31.123Z`.
-    static func appendTimestamp(_ time: timeval, to out: inout String, milliseconds: Bool = true) {
+    package static func appendTimestamp(_ time: timeval, to out: inout String, milliseconds: Bool = true) {
         var seconds = time_t(time.tv_sec)
         var parts = tm()
         gmtime_r(&seconds, &parts)

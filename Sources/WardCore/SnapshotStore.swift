@@ -3,17 +3,17 @@ import WardTLS
 
 /// One published generation: the snapshot and a TLS context for each worker, all built off
 /// the event loops before publication.
-final class Publication: @unchecked Sendable {
+package final class Publication: @unchecked Sendable {
     // @unchecked: immutable; each TLS context is used only by the worker of the same index.
-    let generation: UInt64
-    let snapshot: RuntimeSnapshot
-    let contexts: [TLSServerContext]
+    package let generation: UInt64
+    package let snapshot: RuntimeSnapshot
+    package let contexts: [TLSServerContext]
     /// SHA-256 of the config and rules files, as reported by `reload` lines.
-    let sourcesDigest: String
+    package let sourcesDigest: String
     /// SHA-256 over every file the snapshot was built from, to skip reloads that change nothing.
-    let filesDigest: String
+    package let filesDigest: String
 
-    init(
+    package init(
         generation: UInt64, snapshot: RuntimeSnapshot, contexts: [TLSServerContext], sourcesDigest: String,
         filesDigest: String
     ) {
@@ -28,20 +28,20 @@ final class Publication: @unchecked Sendable {
 /// Where a new generation is published: the publisher swaps the reference under a lock and then
 /// bumps `generation`; workers compare `generation` (one relaxed atomic load per accept) and
 /// take the lock only when it moved, so the hot path never contends.
-final class SnapshotStore: Sendable {
+package final class SnapshotStore: Sendable {
     private let current: Mutex<Publication>
     private let published: Atomic<UInt64>
 
-    init(_ first: Publication) {
+    package init(_ first: Publication) {
         current = Mutex(first)
         published = Atomic(first.generation)
     }
 
-    var generation: UInt64 { published.load(ordering: .acquiring) }
+    package var generation: UInt64 { published.load(ordering: .acquiring) }
 
-    func load() -> Publication { current.withLock { $0 } }
+    package func load() -> Publication { current.withLock { $0 } }
 
-    func publish(_ publication: Publication) {
+    package func publish(_ publication: Publication) {
         current.withLock { $0 = publication }
         published.store(publication.generation, ordering: .releasing)
     }

@@ -1,4 +1,3 @@
-internal import CLibevent
 import Glibc
 import WardConfig
 import WardPolicy
@@ -9,7 +8,7 @@ public struct SocketAddress: Sendable, CustomStringConvertible {
     private var storage = sockaddr_storage()
     private(set) var length: socklen_t = 0
 
-    var family: Int32 { Int32(storage.ss_family) }
+    package var family: Int32 { Int32(storage.ss_family) }
 
     /// Resolves `hostPort` once (blocking `getaddrinfo`): call at load time only.
     public static func resolve(_ hostPort: HostPort) throws(SocketAddressError) -> SocketAddress {
@@ -44,7 +43,7 @@ public struct SocketAddress: Sendable, CustomStringConvertible {
 
     private init() {}
 
-    func withSockaddr<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
+    package func withSockaddr<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
         withUnsafeBytes(of: storage) { raw in
             body(raw.baseAddress!.assumingMemoryBound(to: sockaddr.self), length)
         }
@@ -56,7 +55,7 @@ public struct SocketAddress: Sendable, CustomStringConvertible {
     }
 
     /// The address for `when.source` conditions (IPv4-mapped IPv6 folds to IPv4).
-    var ipAddress: IPAddress? {
+    package var ipAddress: IPAddress? {
         withUnsafeBytes(of: storage) { raw -> IPAddress? in
             if family == AF_INET {
                 let bytes = raw.load(as: sockaddr_in.self).sin_addr.s_addr  // network order in memory
@@ -95,5 +94,6 @@ public struct SocketAddress: Sendable, CustomStringConvertible {
 
 public struct SocketAddressError: Error, Sendable, CustomStringConvertible {
     public var message: String
+    package init(message: String) { self.message = message }
     public var description: String { message }
 }

@@ -10,28 +10,28 @@ import WardSystem
 import WardTLS
 
 /// Connection ids are unique within the process; one atomic add per accepted connection.
-let connectionIDs = Atomic<UInt64>(0)
+package let connectionIDs = Atomic<UInt64>(0)
 
 /// One event loop on one thread, with its own listeners (SO_REUSEPORT), TLS context and
 /// connections. Everything here runs on the worker's thread except `start` and `requestStop`.
-final class Worker: @unchecked Sendable {
+package final class Worker: @unchecked Sendable {
     // @unchecked: after `start`, all state is touched only on the worker thread; the one
     // cross-thread call, `requestStop`, goes through `event_active`, which libevent makes
     // thread-safe once `evthread_use_pthreads` ran.
-    let index: Int
-    let base: OpaquePointer
-    let store: SnapshotStore
+    package let index: Int
+    package let base: OpaquePointer
+    package let store: SnapshotStore
     /// The generation this worker serves; replaced on the worker thread only.
     private(set) var publication: Publication
-    let log: ConnectionLog
-    let logger: Logger
-    let metrics: WorkerMetrics
+    package let log: ConnectionLog
+    package let logger: Logger
+    package let metrics: WorkerMetrics
     /// Open connections per listener across all workers, for `max_connections`.
-    let load: ListenerLoad
-    var snapshot: RuntimeSnapshot { publication.snapshot }
-    var tls: TLSServerContext { publication.contexts[index] }
+    package let load: ListenerLoad
+    package var snapshot: RuntimeSnapshot { publication.snapshot }
+    package var tls: TLSServerContext { publication.contexts[index] }
     var handshakeTimeout: timeval { timeval(duration: snapshot.config.handshakeTimeout) }
-    var idleTimeoutMilliseconds: Int64 { snapshot.config.idleTimeout.milliseconds }
+    package var idleTimeoutMilliseconds: Int64 { snapshot.config.idleTimeout.milliseconds }
     var upstreamConnectTimeout: timeval { timeval(duration: snapshot.config.upstreamConnectTimeout) }
     private var listeners: [OpaquePointer] = []
     /// The owner of every open connection: removal is each connection's one release point.
@@ -45,12 +45,16 @@ final class Worker: @unchecked Sendable {
     private var recheckEvent: OpaquePointer?
     /// Connections still to re-check against the current publication.
     private var recheckQueue: [UInt64] = []
-    /// Work other threads hand to this loop (admin queries); drained by `taskEvent`.
-    private let tasks = Mutex<[@Sendable () -> Void]>([])
+    /// Bounds `handshake_error` lines per source; `throttleEvent` writes the summaries.
+    private var throttle = LogThrottle()
+    private var throttleEvent: OpaquePointer?
+    /// Work other threads hand to this loop (admin queries); drained by `taskEvent`. Once the
+    /// loop has stopped, `accepting` is false and no task is queued, so nobody waits forever.
+    private let tasks = Mutex<(queue: [@Sendable () -> Void], accepting: Bool)>(([], true))
     private let running = Atomic<Bool>(false)
     private let listenersClosed = DispatchSemaphore(value: 0)
 
-    init(
+    package init(
         index: Int, store: SnapshotStore, sockets: [Int32], log: ConnectionLog, metrics: WorkerMetrics,
         load: ListenerLoad, logger: Logger
     ) throws {
@@ -81,6 +85,7 @@ final class Worker: @unchecked Sendable {
         taskEvent = event_new(base, -1, Int16(EV_PERSIST), taskCallback, context)
         closeListenersEvent = event_new(base, -1, Int16(EV_PERSIST), closeListenersCallback, context)
         recheckEvent = event_new(base, -1, 0, recheckCallback, context)
+        throttleEvent = event_new(base, -1, 0, throttleCallback, context)
     }
 
     private var listenerContexts: [ListenerContext] = []
@@ -91,15 +96,16 @@ final class Worker: @unchecked Sendable {
         if let taskEvent { event_free(taskEvent) }
         if let closeListenersEvent { event_free(closeListenersEvent) }
         if let recheckEvent { event_free(recheckEvent) }
+        if let throttleEvent { event_free(throttleEvent) }
         event_base_free(base)
     }
 
-    func start() {
+    package func start() {
         running.store(true, ordering: .releasing)
         let thread = Thread { [self] in
             event_base_loop(base, EVLOOP_NO_EXIT_ON_EMPTY)
             running.store(false, ordering: .releasing)
-            runTasks()  // nobody waits forever on a stopped loop
+            runTasks(final: true)  // nobody waits forever on a stopped loop
             stopped.signal()
         }
         thread.name = "ward-worker-\(index)"
@@ -107,14 +113,14 @@ final class Worker: @unchecked Sendable {
     }
 
     /// Asks the loop to stop (from any thread) and waits until it has.
-    func stopAndWait() {
+    package func stopAndWait() {
         event_active(stopEvent, EV_READ, 0)
         stopped.wait()
     }
 
     /// Frees this worker's listeners (from any thread) and waits until it has. Shutdown calls
     /// it on every worker before stopping any, so no open listener is left without a loop.
-    func closeListenersAndWait() {
+    package func closeListenersAndWait() {
         event_active(closeListenersEvent, EV_READ, 0)
         listenersClosed.wait()
     }
@@ -133,44 +139,52 @@ final class Worker: @unchecked Sendable {
         event_base_loopexit(base, nil)
     }
 
+    /// What `GET /connections` shows of this worker's connections. Worker thread only.
+    package var connectionInfos: [ConnectionInfo] { connections.values.map(\.info) }
+
     /// Whether the loop is running (for `/healthz`).
-    var isRunning: Bool { running.load(ordering: .acquiring) }
+    package var isRunning: Bool { running.load(ordering: .acquiring) }
 
     /// Runs `body` on the worker's thread and returns its result; blocks the caller until then.
     /// For the admin thread only, never from a data-plane loop.
-    func onLoop<T: Sendable>(_ body: @escaping @Sendable (Worker) -> T) -> T? {
-        guard isRunning else { return nil }
+    package func onLoop<T: Sendable>(_ body: @escaping @Sendable (Worker) -> T) -> T? {
         let done = DispatchSemaphore(value: 0)
         let result = Mutex<T?>(nil)
-        tasks.withLock {
-            $0.append { [unowned self] in
+        // Checked and queued under one lock: the loop's exit drains under the same lock, so a
+        // task is either run by the loop or refused here, never stranded.
+        let queued = tasks.withLock { tasks -> Bool in
+            guard tasks.accepting else { return false }
+            tasks.queue.append { [unowned self] in
                 let value = body(self)
                 result.withLock { $0 = value }
                 done.signal()
             }
+            return true
         }
+        guard queued else { return nil }
         event_active(taskEvent, EV_READ, 0)
         done.wait()
         return result.withLock { $0 }
     }
 
-    fileprivate func runTasks() {
+    fileprivate func runTasks(final: Bool = false) {
         let pending = tasks.withLock { tasks in
-            defer { tasks = [] }
-            return tasks
+            defer { tasks.queue = [] }
+            if final { tasks.accepting = false }
+            return tasks.queue
         }
         for task in pending { task() }
     }
 
     /// Wakes the worker to adopt a new generation and re-check its open connections. Any thread.
-    func notifyPublished() {
+    package func notifyPublished() {
         event_active(reloadEvent, EV_READ, 0)
     }
 
     /// Takes the newest publication if there is one, and then re-checks every open connection
     /// against it, whatever called: an accept that adopts first must not skip the re-check.
     /// One atomic load when nothing was published.
-    func adoptLatest() {
+    package func adoptLatest() {
         guard store.generation != publication.generation else { return }
         publication = store.load()
         // Connections decided under this generation skip themselves, so queueing all is safe.
@@ -178,8 +192,35 @@ final class Worker: @unchecked Sendable {
         runRecheckSlice()
     }
 
+    /// Writes a `handshake_error` line unless its source has used up its lines for now; those
+    /// it has not are summed into a `handshake_error_suppressed` line after the window.
+    func logHandshakeError(_ line: LogLine, source: IPAddress?, reason: ReasonCode) {
+        if throttle.admit(source, reason: reason.rawValue, now: nowMilliseconds) {
+            log.append(line.finish())
+        }
+        if event_pending(throttleEvent, Int16(EV_TIMEOUT), nil) == 0 {
+            var window = timeval(tv_sec: 0, tv_usec: Int(throttle.windowMilliseconds) * 1000)
+            event_add(throttleEvent, &window)
+        }
+    }
+
+    fileprivate func flushThrottle() {
+        for report in throttle.drain(now: nowMilliseconds) {
+            var line = LogLine(event: "handshake_error_suppressed", connection: nil, timestamp: now)
+            line.add("peer_ip", report.source?.description ?? "*")
+            line.add("suppressed", Int64(report.count))
+            line.add("window_ms", throttle.windowMilliseconds)
+            line.addCounts("reasons", report.reasons)
+            log.append(line.finish())
+        }
+        if !throttle.isEmpty {
+            var window = timeval(tv_sec: 0, tv_usec: Int(throttle.windowMilliseconds) * 1000)
+            event_add(throttleEvent, &window)
+        }
+    }
+
     /// Longest a re-check slice may hold the loop before yielding to I/O.
-    static let recheckSliceMicroseconds: Int64 = 2000
+    package static let recheckSliceMicroseconds: Int64 = 2000
 
     /// Re-checks queued connections for up to `recheckSliceMicroseconds`, then yields to the
     /// loop and continues: a reload never stalls forwarding for long, however many are open.
@@ -244,16 +285,17 @@ final class Worker: @unchecked Sendable {
         Glibc.close(fd)
         metrics.handshakeError(listener: listenerIndex, reason: ReasonCode.listenerFull.index)
         let id = connectionIDs.wrappingAdd(1, ordering: .relaxed).newValue
+        let peer = SocketAddress(address, length: socklen_t(length))
         var line = LogLine(event: "handshake_error", connection: id, timestamp: now)
         line.add("listener", snapshot.listeners[listenerIndex].name)
-        line.add("peer_addr", SocketAddress(address, length: socklen_t(length)).description)
+        line.add("peer_addr", peer.description)
         line.add("reason", ReasonCode.listenerFull.rawValue)
         line.add("detail", "max_connections (\(snapshot.config.maxConnections)) reached")
-        log.append(line.finish())
+        logHandshakeError(line, source: peer.ipAddress, reason: .listenerFull)
     }
 
     /// The loop's cached clock, in milliseconds; no system call.
-    var nowMilliseconds: Int64 {
+    package var nowMilliseconds: Int64 {
         var time = timeval()
         event_base_gettimeofday_cached(base, &time)
         return Int64(time.tv_sec) * 1000 + Int64(time.tv_usec) / 1000
@@ -266,18 +308,19 @@ final class Worker: @unchecked Sendable {
     }
 }
 
-final class ListenerContext {
+package final class ListenerContext {
     unowned let worker: Worker
-    let listenerIndex: Int
-    init(worker: Worker, listenerIndex: Int) {
+    package let listenerIndex: Int
+    package init(worker: Worker, listenerIndex: Int) {
         self.worker = worker
         self.listenerIndex = listenerIndex
     }
 }
 
-struct WorkerError: Error, CustomStringConvertible {
-    var message: String
-    var description: String { message }
+package struct WorkerError: Error, CustomStringConvertible {
+    package var message: String
+    package init(message: String) { self.message = message }
+    package var description: String { message }
 }
 
 private let acceptCallback:
@@ -320,6 +363,12 @@ private let reloadCallback: @convention(c) (Int32, Int16, UnsafeMutableRawPointe
     Unmanaged<Worker>.fromOpaque(context).takeUnretainedValue().adoptLatest()
 }
 
+private let throttleCallback: @convention(c) (Int32, Int16, UnsafeMutableRawPointer?) -> Void = {
+    _, _, context in
+    guard let context else { return }
+    Unmanaged<Worker>.fromOpaque(context).takeUnretainedValue().flushThrottle()
+}
+
 private let recheckCallback: @convention(c) (Int32, Int16, UnsafeMutableRawPointer?) -> Void = {
     _, _, context in
     guard let context else { return }
@@ -333,14 +382,14 @@ private let stopCallback: @convention(c) (Int32, Int16, UnsafeMutableRawPointer?
 }
 
 extension timeval {
-    init(duration: Duration) {
+    package init(duration: Duration) {
         let (seconds, attoseconds) = duration.components
         self.init(tv_sec: Int(seconds), tv_usec: Int(attoseconds / 1_000_000_000_000))
     }
 }
 
 extension Duration {
-    var milliseconds: Int64 {
+    package var milliseconds: Int64 {
         let (seconds, attoseconds) = components
         return seconds * 1000 + attoseconds / 1_000_000_000_000_000
     }

@@ -37,7 +37,7 @@ public struct SPIFFEID: Hashable, Sendable, CustomStringConvertible {
         let domainStart = index
         while index != bytes.endIndex, bytes[index] != UInt8(ascii: "/") {
             guard TrustDomain.isAllowed(bytes[index]) else {
-                throw .invalidTrustDomainCharacter(Character(Unicode.Scalar(bytes[index])))
+                throw .invalidTrustDomainCharacter(Self.character(in: text, at: index))
             }
             index = bytes.index(after: index)
         }
@@ -46,19 +46,26 @@ public struct SPIFFEID: Hashable, Sendable, CustomStringConvertible {
         guard domainLength <= TrustDomain.maximumLength else { throw .trustDomainTooLong }
 
         let pathOffset = bytes.distance(from: bytes.startIndex, to: index)
-        try Self.validatePath(bytes[index...])
+        try Self.validatePath(bytes[index...], of: text)
 
         self.description = text
         self.trustDomain = TrustDomain(unchecked: String(Substring(bytes[domainStart..<index])))
         self.pathOffset = pathOffset
     }
 
-    private static func validatePath(_ path: Substring.UTF8View) throws(SPIFFEIDError) {
+    /// The whole character starting at `index`: the byte alone would print `é` as `Ã`. Every
+    /// byte before `index` was ASCII, so it starts a scalar.
+    static func character(in text: String, at index: String.Index) -> Character {
+        Character(text.unicodeScalars[index])
+    }
+
+    private static func validatePath(_ path: Substring.UTF8View, of text: String) throws(SPIFFEIDError) {
         guard !path.isEmpty else { return }
         var segmentLength = 0
         var dots = 0
         // The path starts with "/"; each later "/" closes the segment before it.
-        for byte in path.dropFirst() {
+        for index in path.indices.dropFirst() {
+            let byte = path[index]
             if byte == UInt8(ascii: "/") {
                 try checkSegment(length: segmentLength, dots: dots)
                 segmentLength = 0
@@ -66,7 +73,7 @@ public struct SPIFFEID: Hashable, Sendable, CustomStringConvertible {
                 continue
             }
             guard isAllowedInPath(byte) else {
-                throw .invalidPathCharacter(Character(Unicode.Scalar(byte)))
+                throw .invalidPathCharacter(character(in: text, at: index))
             }
             segmentLength += 1
             if byte == UInt8(ascii: ".") { dots += 1 }

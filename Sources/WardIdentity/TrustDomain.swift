@@ -10,8 +10,8 @@ public struct TrustDomain: Hashable, Sendable, CustomStringConvertible, Comparab
     public init(parsing name: String) throws(SPIFFEIDError) {
         guard !name.utf8.isEmpty else { throw .emptyTrustDomain }
         guard name.utf8.count <= Self.maximumLength else { throw .trustDomainTooLong }
-        for byte in name.utf8 where !Self.isAllowed(byte) {
-            throw .invalidTrustDomainCharacter(Character(Unicode.Scalar(byte)))
+        for index in name.utf8.indices where !Self.isAllowed(name.utf8[index]) {
+            throw .invalidTrustDomainCharacter(SPIFFEID.character(in: name, at: index))
         }
         self.name = name
     }

@@ -140,10 +140,12 @@ public final class MetricsRegistry: Sendable {
         public var generation: UInt64
         public var svidExpiry: Int64
         public var logDropped: Int64
-        public init(generation: UInt64, svidExpiry: Int64, logDropped: Int64) {
+        public var logReopenFailures: Int64
+        public init(generation: UInt64, svidExpiry: Int64, logDropped: Int64, logReopenFailures: Int64 = 0) {
             self.generation = generation
             self.svidExpiry = svidExpiry
             self.logDropped = logDropped
+            self.logReopenFailures = logReopenFailures
         }
     }
 
@@ -197,6 +199,10 @@ public final class MetricsRegistry: Sendable {
             HistogramBuckets.handshakeSeconds)
         out.header("ward_log_dropped_total", "counter", "Connection log lines dropped because the writer fell behind.")
         out.sample("ward_log_dropped_total", [:], process.logDropped)
+        out.header(
+            "ward_log_reopen_failures_total", "counter",
+            "Log reopens (SIGUSR1) that failed; lines kept going to the old file.")
+        out.sample("ward_log_reopen_failures_total", [:], process.logReopenFailures)
         return out.text
     }
 

@@ -21,6 +21,8 @@ public struct IPAddress: Hashable, Sendable, CustomStringConvertible {
     public var high: UInt64
     public var low: UInt64
     public var isIPv4: Bool { high == 0 && low >> 32 == 0xffff }
+    /// 127.0.0.0/8 or ::1.
+    public var isLoopback: Bool { isIPv4 ? (low >> 24) & 0xff == 127 : high == 0 && low == 1 }
 
     public init(high: UInt64, low: UInt64) {
         self.high = high

@@ -68,6 +68,18 @@ extension WardCommand {
             guard ruleSet.listenerIndex(named: to) != nil else {
                 throw usage("--to '\(to)' is not a listener (known: \(ruleSet.listenerNames.joined(separator: ", ")))")
             }
+            guard config.trustDomains.contains(where: { $0.domain == peer.trustDomain }) else {
+                // Such a peer never reaches the rules: its handshake is refused first.
+                let detail =
+                    "no bundle for trust domain \(peer.trustDomain) in \(options.config): refused at the handshake"
+                print(
+                    json
+                        ? Self.jsonString([
+                            "from": from, "to": to, "decision": "refused", "reason": "unknown_trust_domain",
+                        ])
+                        : "\(from) -> \(to): refused: unknown_trust_domain (\(detail))")
+                throw ExitCode(1)
+            }
             let context = DecisionContext(
                 address: address, minuteOfDay: (seconds % 86_400 + 86_400) % 86_400 / 60,
                 svidLifetimeSeconds: lifetime)
@@ -102,7 +114,7 @@ extension WardCommand {
                         + (rule.action == .deny && rule.mode == .audit ? " [audit]" : "")
                         + ", matched \(match.pattern) (\(match.patternLocation)); \(outcome)")
             }
-            return lines.joined(separator: "\n")
+            return lines.map(TerminalText.escape).joined(separator: "\n")
         }
 
         private func jsonText(_ explanation: Explanation) -> String {
@@ -123,6 +135,10 @@ extension WardCommand {
                 "lets_through": decision.letsThrough, "rule": decision.rule,
                 "location": explanation.decidedAt.description, "matches": matches,
             ]
+            return Self.jsonString(object)
+        }
+
+        private static func jsonString(_ object: [String: Any]) -> String {
             let data = try! JSONSerialization.data(
                 withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
             return String(decoding: data, as: UTF8.self)

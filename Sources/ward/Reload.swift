@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import WardConfig
+import WardControl
 import WardCore
 
 extension WardCommand {

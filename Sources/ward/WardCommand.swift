@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import WardConfig
+import WardControl
 import WardCore
 
 @main
@@ -57,7 +58,9 @@ extension WardCommand {
             case .success(let snapshot):
                 let config = snapshot.config
                 // Warnings do not fail the check: they are legal rules that are likely mistakes.
-                let warnings = snapshot.ruleSet.warnings(listenerLocations: config.listeners.map(\.location))
+                let warnings =
+                    FilePolicy.warnings(snapshot)
+                    + snapshot.ruleSet.warnings(listenerLocations: config.listeners.map(\.location)).map(\.description)
                 for warning in warnings { print(warning) }
                 print(
                     "\(options.config): OK: \(config.listeners.count) listener(s), "

@@ -40,7 +40,10 @@ import WardIdentity
         ("spiffe://example.org/a#frag", .invalidPathCharacter("#")),
         ("spiffe://example.org/a%20b", .invalidPathCharacter("%")),
         ("spiffe://example.org/a b", .invalidPathCharacter(" ")),
-        ("spiffe://example.org/caf\u{e9}", .invalidPathCharacter("\u{c3}")),
+        // Non-ASCII is reported as the character written, not its first byte read as Latin-1.
+        ("spiffe://example.org/caf\u{e9}", .invalidPathCharacter("\u{e9}")),
+        ("spiffe://ex\u{e4}mple.org/a", .invalidTrustDomainCharacter("\u{e4}")),
+        ("spiffe://example.org/\u{1b}[31m", .invalidPathCharacter("\u{1b}")),
         ("spiffe://example.org/" + String(repeating: "p", count: 2048 - 20), .tooLong),
     ])
     func rejects(_ text: String, _ expected: SPIFFEIDError) {

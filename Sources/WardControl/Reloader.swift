@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import WardConfig
+import WardCore
 import WardObservability
 import WardSystem
 import WardTLS
@@ -41,6 +42,9 @@ final class Reloader {
     let log: ConnectionLog
     let metrics: MetricsRegistry
     var workers: [Worker] = []
+    /// Runs on the control thread after every publication, whatever triggered the reload:
+    /// the one place that follows a new generation (file watches move with the config).
+    var afterPublication: ((Publication) -> Void)?
 
     init(configPath: String, store: SnapshotStore, log: ConnectionLog, metrics: MetricsRegistry) {
         self.configPath = configPath
@@ -85,7 +89,7 @@ final class Reloader {
         switch SnapshotBuilder.load(configPath: configPath) {
         case .failure(let problems):
             outcome.error = problems.problems.map(\.description).joined(separator: "; ")
-            outcome.retryable = problems.problems.contains { $0.message.hasPrefix("private key does not match") }
+            outcome.retryable = problems.problems.contains { $0.kind == .keyDoesNotMatchCertificate }
         case .success(let snapshot):
             if let conflict = restartRequired(current.snapshot.config, snapshot.config) {
                 outcome.error = "\(configPath): restart required: \(conflict); nothing was changed"
@@ -100,6 +104,7 @@ final class Reloader {
                     sourcesDigest: sources, filesDigest: files)
                 store.publish(publication)
                 for worker in workers { worker.notifyPublished() }
+                afterPublication?(publication)
                 outcome = ReloadOutcome(
                     ok: true, generation: publication.generation, rules: snapshot.ruleSet.ruleCount, sha256: sources)
             } catch {
@@ -142,6 +147,8 @@ final class Reloader {
         if old.logPath != new.logPath { return "log changed" }
         if old.admin != new.admin { return "admin changed" }
         if old.logChain != new.logChain { return "log_chain changed" }
+        // Privileges were dropped at start-up; a new account cannot be taken on now.
+        if old.user != new.user || old.group != new.group { return "user/group changed" }
         return nil
     }
 

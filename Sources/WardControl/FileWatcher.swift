@@ -1,6 +1,7 @@
 internal import CLibevent
 import Foundation
 import Glibc
+import WardCore
 
 /// Reloads when the config, rules, bundles or own SVID change on disk.
 ///
@@ -36,7 +37,7 @@ final class FileWatcher {
         Glibc.close(fd)
     }
 
-    /// (Re)places the watches for `files`: called at start and after each successful reload,
+    /// (Re)places the watches for `files`: called at start and after every publication,
     /// since a new config may name other files. A folder already watched keeps its watch
     /// (inotify_add_watch returns the same descriptor), so no event falls into a gap; only
     /// folders no longer needed are dropped.
@@ -94,8 +95,6 @@ final class FileWatcher {
         if !outcome.ok {
             reloader.logLine(outcome, trigger: "file")
             reloader.metrics.reload(ok: false)
-        } else if outcome.changed {
-            watch(reloader.store.load().snapshot.config.watchedFiles)
         }
     }
 }

@@ -3,26 +3,26 @@ import WardIdentity
 
 /// Turns observed traffic (allow and audit-mode deny events of a connection log) into a rules
 /// file that allows exactly what was seen: the discovery step of rolling out segmentation.
-public struct RuleSuggester {
+struct RuleSuggester {
     struct Seen {
         var count = 0
         var first = ""
         var last = ""
     }
 
-    public var minimumCount: Int
-    public var generalize: Bool
+    var minimumCount: Int
+    var generalize: Bool
     /// (peer, listener) -> what was seen.
     private var pairs: [String: [String: Seen]] = [:]
     private(set) public var eventsRead = 0
 
-    public init(minimumCount: Int = 1, generalize: Bool = false) {
+    init(minimumCount: Int = 1, generalize: Bool = false) {
         self.minimumCount = minimumCount
         self.generalize = generalize
     }
 
     /// Feeds one log record; ignores everything but `allow` and unenforced `deny`.
-    public mutating func observe(_ record: [String: Any]) {
+    mutating func observe(_ record: [String: Any]) {
         let event = record["event"] as? String
         guard event == "allow" || (event == "deny" && record["enforced"] as? Bool == false),
             let peer = record["peer_id"] as? String, let listener = record["listener"] as? String
@@ -37,7 +37,7 @@ public struct RuleSuggester {
     }
 
     /// The rules YAML.
-    public func yaml(source: String) -> String {
+    func yaml(source: String) -> String {
         struct Suggestion {
             var from: [String]
             var listeners: [String]

@@ -3,18 +3,18 @@ import WardIdentity
 import WardPolicy
 
 /// Filters and renders connection-log records for people (`ward logs`).
-public struct LogFilter: Sendable {
-    public var events: Set<String>
-    public var peer: IdentityPattern?
-    public var listener: String?
+struct LogFilter: Sendable {
+    var events: Set<String>
+    var peer: IdentityPattern?
+    var listener: String?
 
-    public init(events: Set<String> = [], peer: IdentityPattern? = nil, listener: String? = nil) {
+    init(events: Set<String> = [], peer: IdentityPattern? = nil, listener: String? = nil) {
         self.events = events
         self.peer = peer
         self.listener = listener
     }
 
-    public func accepts(_ record: [String: Any]) -> Bool {
+    func accepts(_ record: [String: Any]) -> Bool {
         if !events.isEmpty, !events.contains(record["event"] as? String ?? "") { return false }
         if let listener, record["listener"] as? String != listener { return false }
         if let peer {
@@ -25,9 +25,9 @@ public struct LogFilter: Sendable {
     }
 }
 
-public enum LogFormatter {
+enum LogFormatter {
     /// One aligned line: time, event, listener, peer, then what matters for the event.
-    public static func human(_ record: [String: Any], color: Bool) -> String {
+    static func human(_ record: [String: Any], color: Bool) -> String {
         let event = record["event"] as? String ?? "?"
         let time =
             (record["ts"] as? String).map {
@@ -48,7 +48,8 @@ public enum LogFormatter {
             pad(record["peer_id"] as? String ?? (record["peer_addr"] as? String ?? "-"), 44),
             details.joined(separator: " "),
         ]
-        let line = columns.joined(separator: " ")
+        // Everything in a record came from the network or a file: never let it drive the terminal.
+        let line = TerminalText.escape(columns.joined(separator: " "))
         guard color else { return line }
         let code: String
         switch event {

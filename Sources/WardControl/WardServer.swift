@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import Logging
 import WardConfig
+import WardCore
 import WardIdentity
 import WardObservability
 
@@ -28,7 +29,8 @@ public final class WardServer {
         // Before any event_base exists, or cross-thread wakeups silently fail (PLATFORM.md).
         evthread_use_pthreads()
         signal(SIGPIPE, SIG_IGN)
-        try FilePolicy.check(snapshot.config, logger: logger)
+        try FilePolicy.check(snapshot.config)
+        for warning in FilePolicy.warnings(snapshot) { logger.warning("\(warning)") }
 
         let log = try ConnectionLog(path: snapshot.config.logPath, chain: snapshot.config.logChain)
         let metrics = MetricsRegistry(
@@ -52,7 +54,9 @@ public final class WardServer {
         defer { event_base_free(base) }
         var admin: AdminServer?
         do {
-            admin = try AdminServer(base: base, address: snapshot.config.admin, reloader: reloader)
+            admin = try AdminServer(
+                base: base, address: snapshot.config.admin, allowRemote: snapshot.config.adminAllowRemote,
+                reloader: reloader)
         } catch  where snapshot.config.adminIsDefault {
             logger.warning("admin endpoint disabled: \(error) (set admin: in the config to choose where it listens)")
         }
@@ -72,6 +76,10 @@ public final class WardServer {
         for worker in workers { worker.start() }
         let watcher = FileWatcher(base: base, reloader: reloader)
         watcher?.watch(snapshot.config.watchedFiles)
+        reloader.afterPublication = { [weak watcher, logger] publication in
+            watcher?.watch(publication.snapshot.config.watchedFiles)
+            for warning in FilePolicy.warnings(publication.snapshot) { logger.warning("\(warning)") }
+        }
 
         let listening = snapshot.listeners.map { "\($0.name)=\($0.listen)->\($0.upstream)" }.joined(separator: " ")
         logger.info(

@@ -1,0 +1,105 @@
+import Foundation
+import Glibc
+import Logging
+import WardConfig
+import WardCore
+import WardIdentity
+import WardSystem
+
+/// Checks on the files Ward trusts, at start-up and in `ward check`.
+package enum FilePolicy {
+    /// Refuses a world-writable config when running as root: anyone could then choose what
+    /// root loads.
+    static func check(_ config: WardConfiguration) throws {
+        if getuid() == 0, let mode = mode(of: config.configPath), mode & 0o002 != 0 {
+            throw StartupError(
+                message: "\(config.configPath): refusing to run as root with a world-writable config (mode "
+                    + String(mode & 0o777, radix: 8) + "); chmod o-w it")
+        }
+    }
+
+    /// What is legal but likely a mistake, as `FILE: warning: ...` lines: files or folders
+    /// anyone may write (whoever writes a bundle or the rules decides who gets in), a private
+    /// key others may read, and a bundle CA that names another trust domain.
+    package static func warnings(_ snapshot: RuntimeSnapshot) -> [String] {
+        let config = snapshot.config
+        var warnings: [String] = []
+        var folders: [String] = []
+        for path in config.watchedFiles {
+            let folder = (path as NSString).deletingLastPathComponent
+            if !folders.contains(folder) { folders.append(folder) }
+            if let mode = mode(of: path), mode & 0o002 != 0 {
+                warnings.append(
+                    "\(path): warning: world-writable (mode \(octal(mode))): anyone on this host can change what "
+                        + "Ward trusts; chmod o-w it")
+            }
+        }
+        for folder in folders {
+            if let mode = mode(of: folder.isEmpty ? "." : folder), mode & 0o002 != 0 {
+                warnings.append(
+                    "\(folder.isEmpty ? "." : folder): warning: world-writable folder (mode \(octal(mode))): anyone on "
+                        + "this host can replace the files Ward reads from it; chmod o-w it")
+            }
+        }
+        if let mode = mode(of: config.identityKey.path), mode & 0o077 != 0 {
+            warnings.append(
+                "\(config.identityKey.path): warning: private key \(config.identityKey.path) is readable by group "
+                    + "or others (mode \(octal(mode))); chmod 600 it")
+        }
+        for (bundle, file) in zip(snapshot.bundles, config.trustDomains.map(\.bundle)) {
+            for authority in bundle.authorities {
+                for uri in authority.svidLeaf.uriSANs {
+                    guard let id = try? SPIFFEID(parsing: uri), id.trustDomain != bundle.trustDomain else { continue }
+                    warnings.append(
+                        "\(file.path): warning: a CA in the bundle of \(bundle.trustDomain) names trust domain "
+                            + "\(id.trustDomain) (\(uri)); it is trusted for \(bundle.trustDomain) only: check that "
+                            + "this is the right bundle")
+                }
+            }
+        }
+        return warnings
+    }
+
+    private static func octal(_ mode: mode_t) -> String { String(mode & 0o7777, radix: 8) }
+
+    static func mode(of path: String) -> mode_t? {
+        var info = stat()
+        return stat(path, &info) == 0 ? info.st_mode : nil
+    }
+}
+
+/// `user:`/`group:`: drop root after binding, so a compromise of the data plane is not root.
+enum Privileges {
+    static func drop(user: String?, group: String?, admin: AdminAddress?, logger: Logger) throws {
+        guard user != nil || group != nil else { return }
+        guard getuid() == 0 else {
+            logger.warning("user:/group: ignored: not running as root")
+            return
+        }
+        var uid = getuid()
+        var gid = getgid()
+        if let user {
+            guard let entry = getpwnam(user) else { throw StartupError(message: "user '\(user)' does not exist") }
+            uid = entry.pointee.pw_uid
+            gid = entry.pointee.pw_gid
+        }
+        if let group {
+            guard let entry = getgrnam(group) else { throw StartupError(message: "group '\(group)' does not exist") }
+            gid = entry.pointee.gr_gid
+        }
+        // The admin socket stays usable by the account Ward now runs as.
+        if case .unix(let path) = admin { chown(path, uid, gid) }
+        guard setgroups(0, nil) == 0, setgid(gid) == 0, setuid(uid) == 0 else {
+            throw StartupError(
+                message: "cannot drop privileges to \(user ?? "")/\(group ?? ""): \(CText.lastError)")
+        }
+        // Root must not be recoverable.
+        if uid != 0, setuid(0) == 0 { throw StartupError(message: "privileges could be regained after dropping them") }
+        logger.info("dropped privileges to uid \(uid) gid \(gid)")
+    }
+}
+
+struct StartupError: Error, CustomStringConvertible {
+    var message: String
+    var description: String { message }
+}
