@@ -96,6 +96,8 @@ public enum ConfigLoader {
         let maxLifetime = duration("max_svid_lifetime", default: WardConfiguration.defaultMaxSVIDLifetime)
         let connectTimeout = duration(
             "upstream_connect_timeout", default: WardConfiguration.defaultUpstreamConnectTimeout)
+        let checkpointInterval = duration(
+            "log_checkpoint_interval", default: WardConfiguration.defaultLogCheckpointInterval)
         let svidMinRemaining = duration("svid_min_remaining", default: WardConfiguration.defaultSVIDMinRemaining)
         func flag(_ key: String) -> Bool {
             guard let node = top.take(key) else { return false }
@@ -128,6 +130,8 @@ public enum ConfigLoader {
         let maxChainDepth = count("max_chain_depth", default: WardConfiguration.defaultMaxChainDepth, range: 1...20)
         let maxCertSize = count(
             "max_cert_size", default: WardConfiguration.defaultMaxCertSize, range: 1024...1_048_576)
+        let checkpointLines = count(
+            "log_checkpoint_lines", default: WardConfiguration.defaultLogCheckpointLines, range: 1...10_000_000)
         let securityLevel = count(
             "security_level", default: WardConfiguration.defaultSecurityLevel, range: 2...5)
         let maxFileSize = count("max_file_size", default: RegularFile.defaultSizeLimit, range: 1024...(1 << 40))
@@ -185,6 +189,8 @@ public enum ConfigLoader {
         configuration.maxChainDepth = maxChainDepth
         configuration.maxCertSize = maxCertSize
         configuration.adminAllowRemote = allowRemote
+        configuration.logCheckpointLines = checkpointLines
+        configuration.logCheckpointInterval = checkpointInterval
         configuration.securityLevel = securityLevel
         configuration.maxFileSize = maxFileSize
         configuration.peerExpiry = peerExpiry

@@ -119,6 +119,9 @@ public struct WardConfiguration: Sendable {
     public var svidMinRemaining: Duration
     /// Hash-chain the connection log (`prev` on every line).
     public var logChain: Bool
+    /// With `logChain`: a signed checkpoint after this many lines, or `logCheckpointInterval`.
+    public var logCheckpointLines = WardConfiguration.defaultLogCheckpointLines
+    public var logCheckpointInterval = WardConfiguration.defaultLogCheckpointInterval
     /// TLS 1.3 session resumption.
     public var resumption: Bool = false
     /// Open connections per listener (all workers together); more are refused at accept.
@@ -142,6 +145,8 @@ public struct WardConfiguration: Sendable {
     public static let defaultMaxChainDepth = 5
     public static let defaultMaxCertSize = 32 * 1024
     public static let defaultSecurityLevel = 2
+    public static let defaultLogCheckpointLines = 1000
+    public static let defaultLogCheckpointInterval = Duration.seconds(60)
     public var adminIsDefault: Bool
     /// `admin_allow_remote`: a TCP admin address that is not loopback is allowed.
     public var adminAllowRemote = false

@@ -147,6 +147,9 @@ final class Reloader {
         if old.logPath != new.logPath { return "log changed" }
         if old.admin != new.admin { return "admin changed" }
         if old.logChain != new.logChain { return "log_chain changed" }
+        if old.logCheckpointLines != new.logCheckpointLines || old.logCheckpointInterval != new.logCheckpointInterval {
+            return "log_checkpoint_lines/log_checkpoint_interval changed"
+        }
         // Privileges were dropped at start-up; a new account cannot be taken on now.
         if old.user != new.user || old.group != new.group { return "user/group changed" }
         return nil

@@ -32,7 +32,12 @@ public final class WardServer {
         try FilePolicy.check(snapshot.config)
         for warning in FilePolicy.warnings(snapshot) { logger.warning("\(warning)") }
 
-        let log = try ConnectionLog(path: snapshot.config.logPath, chain: snapshot.config.logChain)
+        let sealer = LogSealer(identity: snapshot.identity, id: snapshot.ownID)
+        let log = try ConnectionLog(
+            path: snapshot.config.logPath, chain: snapshot.config.logChain,
+            checkpoints: .init(
+                everyLines: snapshot.config.logCheckpointLines, interval: snapshot.config.logCheckpointInterval,
+                sealer: sealer))
         let metrics = MetricsRegistry(
             listenerNames: snapshot.listeners.map(\.name), reasonNames: ReasonCode.allCases.map(\.rawValue),
             workers: workerCount)
@@ -78,6 +83,8 @@ public final class WardServer {
         watcher?.watch(snapshot.config.watchedFiles)
         reloader.afterPublication = { [weak watcher, logger] publication in
             watcher?.watch(publication.snapshot.config.watchedFiles)
+            // Checkpoints are signed with the SVID in force.
+            sealer.update(identity: publication.snapshot.identity, id: publication.snapshot.ownID)
             for warning in FilePolicy.warnings(publication.snapshot) { logger.warning("\(warning)") }
         }
 

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Synchronization
+import WardObservability
 import WardSystem
 import WardTLS
 
@@ -9,8 +10,21 @@ import WardTLS
 /// dropped, counted, and a `log_dropped` record says how many once writing catches up.
 ///
 /// With `chain`, the writer adds `"prev"`, the SHA-256 of the previous line's bytes (without its
-/// newline), to every line, across reopen and restart, so `ward audit verify` detects edits.
+/// newline), to every line, across reopen and restart, and writes signed `checkpoint` lines
+/// (`LogChain`), so `ward audit verify` detects edits, removed lines and rewritten chains.
 public final class ConnectionLog: Sendable {
+    /// When checkpoints are written, and with what key.
+    public struct Checkpoints: Sendable {
+        public var everyLines: Int
+        public var interval: Duration
+        public var sealer: LogSealer
+        public init(everyLines: Int, interval: Duration, sealer: LogSealer) {
+            self.everyLines = everyLines
+            self.interval = interval
+            self.sealer = sealer
+        }
+    }
+
     public static let defaultCapacity = 65_536
 
     private struct State {
@@ -30,22 +44,29 @@ public final class ConnectionLog: Sendable {
     private let capacity: Int
     private let path: String
     private let chain: Bool
+    private let checkpoints: Checkpoints?
     /// Owned by the writer thread once it starts.
     private nonisolated(unsafe) var descriptor: Int32
     private nonisolated(unsafe) var previousDigest: String
-
-    public static let genesisDigest = String(repeating: "0", count: 64)
+    private nonisolated(unsafe) var linesSinceCheckpoint = 0
+    private nonisolated(unsafe) var lastCheckpoint = ContinuousClock.now
 
     /// Opens `path` for appending (`-` is standard output). Call at start-up, not on a loop.
-    public init(path: String, chain: Bool = false, capacity: Int = ConnectionLog.defaultCapacity)
-        throws(LogOpenError)
-    {
+    /// `checkpoints` needs `chain`.
+    public init(
+        path: String, chain: Bool = false, checkpoints: Checkpoints? = nil,
+        capacity: Int = ConnectionLog.defaultCapacity
+    ) throws(LogOpenError) {
         self.path = path
         self.chain = chain
+        self.checkpoints = chain ? checkpoints : nil
         self.capacity = capacity
         descriptor = try Self.open(path)
         // A chain continues from the last line already in the file.
-        previousDigest = chain ? Self.lastLineDigest(path) ?? Self.genesisDigest : Self.genesisDigest
+        let last = chain ? Self.lastLineDigest(path) : nil
+        previousDigest = last ?? LogChain.genesisDigest
+        // A new file opens with a genesis checkpoint; a restart on an old one says so.
+        checkpoint(last == nil ? "genesis" : "start")
         let thread = Thread { [self] in self.writeLoop() }
         thread.name = "ward-log"
         thread.start()
@@ -93,6 +114,12 @@ public final class ConnectionLog: Sendable {
 
     private func writeLoop() {
         while true {
+            if let checkpoints, linesSinceCheckpoint > 0,
+                linesSinceCheckpoint >= checkpoints.everyLines
+                    || ContinuousClock.now - lastCheckpoint >= checkpoints.interval
+            {
+                checkpoint("interval")
+            }
             let (batch, dropped, closed, reopen) = state.withLock { state in
                 let taken = (state.pending, state.dropped, state.closed, state.reopen)
                 state.pending = []
@@ -104,7 +131,7 @@ public final class ConnectionLog: Sendable {
             if reopen { reopenFile() }
             if batch.isEmpty && dropped == 0 {
                 if closed { break }
-                if !reopen { wakeup.wait() }
+                if !reopen { waitForLines() }
                 continue
             }
             var lines = batch
@@ -114,17 +141,42 @@ public final class ConnectionLog: Sendable {
                 lines.append(line.finish())
             }
             write(chain ? lines.map(chained).joined() : lines.joined())
+            linesSinceCheckpoint += lines.count
         }
+        checkpoint("close")
         finished.signal()
+    }
+
+    /// Sleeps until lines arrive, or until the next interval checkpoint is due.
+    private func waitForLines() {
+        guard let checkpoints, linesSinceCheckpoint > 0 else {
+            wakeup.wait()
+            return
+        }
+        let due = checkpoints.interval - (ContinuousClock.now - lastCheckpoint)
+        let (seconds, attoseconds) = max(due, .zero).components
+        let nanoseconds = Int(seconds) * 1_000_000_000 + Int(attoseconds / 1_000_000_000)
+        _ = wakeup.wait(timeout: .now() + .nanoseconds(nanoseconds))
     }
 
     /// Adds `"prev"` and remembers this line's digest for the next.
     private func chained(_ line: String) -> String {
-        var body = line
-        if body.hasSuffix("}\n") { body.removeLast(2) }
-        body += ",\"prev\":\"\(previousDigest)\"}"
-        previousDigest = Digest.sha256Hex(Data(body.utf8))
-        return body + "\n"
+        let (linked, digest) = LogChain.link(line, previous: previousDigest) { Digest.sha256Hex($0) }
+        previousDigest = digest
+        return linked
+    }
+
+    /// Writes a signed checkpoint over every line so far. Writer thread (or init, before it starts).
+    private func checkpoint(_ kind: String) {
+        guard let checkpoints else { return }
+        let timestamp = Self.now()
+        guard let line = checkpoints.sealer.checkpoint(kind: kind, timestamp: timestamp, prev: previousDigest) else {
+            writeDiagnostic("ward: cannot sign a log checkpoint; the chain goes on unsealed\n")
+            return
+        }
+        write(chained(line))
+        linesSinceCheckpoint = 0
+        lastCheckpoint = ContinuousClock.now
     }
 
     /// On failure the old file stays open and keeps every line: nothing is lost, and the
@@ -133,8 +185,11 @@ public final class ConnectionLog: Sendable {
         guard path != "-" else { return }
         do {
             let fresh = try Self.open(path)
+            // The old file ends sealed; the new one opens linked to it.
+            checkpoint("close")
             Glibc.close(descriptor)
             descriptor = fresh
+            checkpoint("genesis")
             reopenProblem.withLock { $0 = nil }
         } catch {
             reopenFailureTotal.add(1, ordering: .relaxed)

@@ -40,6 +40,18 @@ package struct LogLine {
         text += ",\"\(key)\":\(value)"
     }
 
+    /// Adds `["a","b"]`.
+    package mutating func addStrings(_ key: String, _ values: [String]) {
+        text += ",\"\(key)\":["
+        for (index, value) in values.enumerated() {
+            if index > 0 { text += "," }
+            text += "\""
+            Self.escape(value, into: &text)
+            text += "\""
+        }
+        text += "]"
+    }
+
     /// Adds `{"name":count,...}`, names sorted.
     package mutating func addCounts(_ key: String, _ counts: [String: Int]) {
         var object = "{"

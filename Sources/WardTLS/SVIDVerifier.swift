@@ -32,9 +32,10 @@ public final class SVIDVerifier {
 
     /// Verifies `leaf` with the intermediates the peer sent; records the outcome in `check`.
     /// Returns the X509 verify error for the TLS alert, or nil when the peer is authenticated.
-    func verify(leaf: OpaquePointer, untrusted: OpaquePointer?, into check: PeerCheck, policy: SVIDLeafPolicy? = nil)
-        -> Int32?
-    {
+    func verify(
+        leaf: OpaquePointer, untrusted: OpaquePointer?, into check: PeerCheck, policy: SVIDLeafPolicy? = nil,
+        at time: Int64? = nil
+    ) -> Int32? {
         let policy = policy ?? self.policy
         let certificate = Certificate(borrowing: leaf)
         // The peer's stack holds the leaf too; a long chain is refused before any work on it.
@@ -61,12 +62,12 @@ public final class SVIDVerifier {
         guard let store = stores[id.trustDomain] else {
             return refuse(check, .unknownTrustDomain, X509_V_ERR_APPLICATION_VERIFICATION)
         }
-        return verifyChain(leaf: leaf, untrusted: untrusted, store: store, check: check)
+        return verifyChain(leaf: leaf, untrusted: untrusted, store: store, check: check, at: time)
     }
 
-    private func verifyChain(leaf: OpaquePointer, untrusted: OpaquePointer?, store: OpaquePointer, check: PeerCheck)
-        -> Int32?
-    {
+    private func verifyChain(
+        leaf: OpaquePointer, untrusted: OpaquePointer?, store: OpaquePointer, check: PeerCheck, at time: Int64?
+    ) -> Int32? {
         guard let context = X509_STORE_CTX_new() else {
             return refuse(check, .tlsError, X509_V_ERR_OUT_OF_MEM, detail: "X509_STORE_CTX_new failed")
         }
@@ -78,6 +79,7 @@ public final class SVIDVerifier {
         // A context built here does not inherit the SSL_CTX's security level: without this,
         // RSA-512 leaves and SHA-1-signed chains verify.
         X509_VERIFY_PARAM_set_auth_level(X509_STORE_CTX_get0_param(context), securityLevel)
+        if let time { X509_VERIFY_PARAM_set_time(X509_STORE_CTX_get0_param(context), time_t(time)) }
         if X509_verify_cert(context) == 1 { return nil }
         let error = X509_STORE_CTX_get_error(context)
         ERR_clear_error()
@@ -103,8 +105,9 @@ public final class SVIDVerifier {
         return error
     }
 
-    /// Verifies Ward's own SVID chain at load time, in the server role.
-    public func verifyOwn(chain: [Certificate]) -> Result<SPIFFEID, OwnSVIDError> {
+    /// Verifies Ward's own SVID chain in the server role: now at load time, or at `time` (epoch
+    /// seconds) for a log checkpoint it signed back then.
+    public func verifyOwn(chain: [Certificate], at time: Int64? = nil) -> Result<SPIFFEID, OwnSVIDError> {
         guard let leaf = chain.first else {
             return .failure(OwnSVIDError(reason: .noClientCert, detail: "no certificate"))
         }
@@ -116,7 +119,9 @@ public final class SVIDVerifier {
         for certificate in chain.dropFirst() { OPENSSL_sk_push(untrusted, UnsafeRawPointer(certificate.x509)) }
         // Ward's own lifetime is the issuer's business; the cap defends against peers.
         let ownPolicy = SVIDLeafPolicy(role: .server, maximumLifetimeSeconds: .max)
-        if verify(leaf: leaf.x509, untrusted: untrusted, into: check, policy: ownPolicy) == nil, let id = check.id {
+        if verify(leaf: leaf.x509, untrusted: untrusted, into: check, policy: ownPolicy, at: time) == nil,
+            let id = check.id
+        {
             return .success(id)
         }
         return .failure(OwnSVIDError(reason: check.reason ?? .tlsError, detail: check.detail, id: check.id))

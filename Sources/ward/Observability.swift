@@ -6,32 +6,6 @@ import WardPolicy
 import WardTLS
 
 extension WardCommand {
-    struct Audit: ParsableCommand {
-        static let configuration = CommandConfiguration(
-            abstract: "Tamper evidence for hash-chained connection logs (log_chain: true).", subcommands: [Verify.self])
-
-        struct Verify: ParsableCommand {
-            static let configuration = CommandConfiguration(
-                abstract: "Check a chained log; print the first broken line and exit 1 if the chain is broken.")
-
-            @Argument(help: "The connection log file.")
-            var file: String
-
-            func run() throws {
-                guard let data = FileManager.default.contents(atPath: file) else {
-                    printError("ward audit verify: \(file): cannot read")
-                    throw ExitCode(1)
-                }
-                let verdict = LogChain.verify(data) { Digest.sha256Hex($0) }
-                if let line = verdict.brokenLine {
-                    print("\(file):\(line): \(verdict.message)")
-                    throw ExitCode(1)
-                }
-                print("\(file): \(verdict.message)" + (verdict.head.map { "; head sha256 \($0)" } ?? ""))
-            }
-        }
-    }
-
     struct Logs: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Show the connection log for people: aligned, coloured on a terminal, filterable, followable.")

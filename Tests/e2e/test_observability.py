@@ -212,50 +212,96 @@ def test_log_rotation_loses_no_line(certs, tmp_path):
         upstream.close()
 
 
-def verify(path):
-    return subprocess.run([harness.WARD, "audit", "verify", path], capture_output=True, text=True, timeout=30)
+def verify(*paths, bundle=None, require_close=False):
+    args = [harness.WARD, "audit", "verify", *paths]
+    if bundle:
+        args += ["--bundle", bundle]
+    if require_close:
+        args.append("--require-close")
+    return subprocess.run(args, capture_output=True, text=True, timeout=30)
+
+
+def events(lines):
+    return [json.loads(line)["event"] for line in lines]
 
 
 def test_chained_log_detects_tampering_and_continues_across_rotation(certs, tmp_path):
-    ward, listen, upstream = start(certs, tmp_path, extra="log_chain: true\n")
+    ward, listen, upstream = start(certs, tmp_path, extra="log_chain: true\nlog_checkpoint_lines: 4\n")
     try:
         traffic(listen, certs, 3)
-        assert wait_lines([ward.log_path], 6) == 6
+        assert wait_lines([ward.log_path], 8) >= 8
         rotated = ward.log_path + ".1"
         os.rename(ward.log_path, rotated)
         ward.process.send_signal(signal.SIGUSR1)
         traffic(listen, certs, 3)
-        assert wait_lines([ward.log_path], 6) == 6
+        assert wait_lines([ward.log_path], 7) >= 7
     finally:
         ward.stop()
         upstream.close()
     old = open(rotated, "rb").read().splitlines()
     new = open(ward.log_path, "rb").read().splitlines()
+    # Each file opens with a genesis checkpoint and ends with a close one; the new file's first
+    # line links to the old file's last.
+    assert events(old)[0] == events(new)[0] == "checkpoint" and json.loads(old[0])["kind"] == "genesis"
+    assert json.loads(old[-1])["kind"] == json.loads(new[-1])["kind"] == "close"
+    assert events(old).count("allow") == events(new).count("allow") == 3
     assert json.loads(new[0])["prev"] == hashlib.sha256(old[-1]).hexdigest()
     for i in range(1, len(new)):
         assert json.loads(new[i])["prev"] == hashlib.sha256(new[i - 1]).hexdigest()
-    out = verify(ward.log_path)
-    assert out.returncode == 0 and "6 lines, chain intact" in out.stdout
+    out = verify(rotated, ward.log_path, bundle=certs["example_ca"], require_close=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"{len(new)} lines, chain intact" in out.stdout and "signed by spiffe://example.org/ns/prod/sa/orders" in out.stdout
+    # The signer must chain to the bundle given: another trust domain's bundle refuses it.
+    other = verify(ward.log_path, bundle=os.path.join(certs["dir"], "partner.org.bundle.pem"))
+    assert other.returncode == 1 and "signature does not verify" in other.stdout
 
     combined = str(tmp_path / "combined.log")
     open(combined, "wb").write(b"\n".join(old + new) + b"\n")
     assert verify(combined).returncode == 0
 
     lines = old + new
-    tampered = list(lines)
-    middle = 6  # 1-based line 6
-    tampered[middle - 1] = tampered[middle - 1].replace(b'"listener":"svc"', b'"listener":"svd"')
-    path = str(tmp_path / "edited.log")
-    open(path, "wb").write(b"\n".join(tampered) + b"\n")
-    out = verify(path)
-    assert out.returncode == 1
-    assert out.stdout.startswith(f"{path}:{middle}: ")
 
-    deleted = lines[:4] + lines[5:]
-    path = str(tmp_path / "deleted.log")
-    open(path, "wb").write(b"\n".join(deleted) + b"\n")
-    out = verify(path)
+    def check(name, tampered, **options):
+        path = str(tmp_path / f"{name}.log")
+        open(path, "wb").write(b"\n".join(tampered) + b"\n")
+        return verify(path, **options), path
+
+    edited = list(lines)
+    middle = next(i for i in range(4, len(lines)) if b'"listener":"svc"' in lines[i])
+    edited[middle] = edited[middle].replace(b'"listener":"svc"', b'"listener":"svd"')
+    out, path = check("edited", edited)
+    assert out.returncode == 1 and out.stdout.startswith(f"{path}:{middle + 1}: ")
+
+    out, _ = check("deleted", lines[:4] + lines[5:])
     assert out.returncode == 1 and "removed" in out.stdout
+
+    # The first lines removed: the file no longer opens with a signed genesis checkpoint.
+    out, path = check("head-cut", old[3:])
+    assert out.returncode == 1 and out.stdout.startswith(f"{path}:1: ") and "genesis" in out.stdout
+
+    # The last lines of a rotated file removed: it no longer ends with its close checkpoint,
+    # and the next file no longer follows it.
+    out, path = check("tail-cut", old[:-2], require_close=True)
+    assert out.returncode == 1 and "close checkpoint" in out.stdout
+    cut = str(tmp_path / "tail-cut-pair.log")
+    open(cut, "wb").write(b"\n".join(old[:-2]) + b"\n")
+    out = verify(cut, ward.log_path)
+    assert out.returncode == 1
+
+    # A deny rewritten as an allow with every later hash recomputed (the chain has no key):
+    # the next checkpoint's signature no longer covers the chain.
+    target = next(i for i, line in enumerate(old) if json.loads(line)["event"] == "close")
+    rewritten = [json.loads(line) for line in old]
+    rewritten[target]["close_cause"] = "forged"
+    previous = rewritten[0]["prev"]
+    forged = []
+    for record in rewritten:
+        record["prev"] = previous
+        line = json.dumps(record, separators=(",", ":")).encode()
+        forged.append(line)
+        previous = hashlib.sha256(line).hexdigest()
+    out, _ = check("rewritten", forged)
+    assert out.returncode == 1 and "signature does not verify" in out.stdout
 
 
 def test_ward_logs_filters_and_renders(certs, tmp_path):
