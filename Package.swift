@@ -63,7 +63,9 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .target(name: "WardFuzzSupport", dependencies: ["WardConfig", "WardIdentity", "WardPolicy", "WardTLS"]),
+        .target(
+            name: "WardFuzzSupport",
+            dependencies: ["WardConfig", "WardControl", "WardIdentity", "WardObservability", "WardPolicy", "WardTLS"]),
         .executableTarget(
             name: "ward-bench", dependencies: ["WardPolicy", "WardIdentity", "WardCore"], path: "Sources/WardBench"),
         .testTarget(name: "WardIdentityTests", dependencies: ["WardIdentity"]),

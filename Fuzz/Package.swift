@@ -17,5 +17,10 @@ let package = Package(
             name: "fuzz-rules", dependencies: ["CFuzzDriver", .product(name: "WardFuzzSupport", package: "Ward")]),
         .executableTarget(
             name: "fuzz-pem", dependencies: ["CFuzzDriver", .product(name: "WardFuzzSupport", package: "Ward")]),
+        .executableTarget(
+            name: "fuzz-admin-request",
+            dependencies: ["CFuzzDriver", .product(name: "WardFuzzSupport", package: "Ward")]),
+        .executableTarget(
+            name: "fuzz-log-chain", dependencies: ["CFuzzDriver", .product(name: "WardFuzzSupport", package: "Ward")]),
     ]
 )

@@ -5,15 +5,15 @@
 /// transfer coding, a second Host) is refused rather than interpreted. libevent 2.1's evhttp
 /// cannot cap or deadline its connections, which the admin endpoint needs; with no body and
 /// nothing proxied, there is no second parser downstream to disagree with this one.
-struct AdminRequest: Equatable {
-    var method: String
-    var target: String
+package struct AdminRequest: Equatable {
+    package var method: String
+    package var target: String
     /// Names lowercased, in order.
-    var headers: [(name: String, value: String)]
+    package var headers: [(name: String, value: String)]
 
-    static let maxHeadBytes = 8 * 1024
+    package static let maxHeadBytes = 8 * 1024
 
-    enum Parse: Equatable {
+    package enum Parse: Equatable {
         /// No end of head yet, and still under the size limit.
         case incomplete
         case complete(AdminRequest)
@@ -21,21 +21,21 @@ struct AdminRequest: Equatable {
         case refused(status: Int, reason: String)
     }
 
-    func header(_ name: String) -> String? {
+    package func header(_ name: String) -> String? {
         headers.first { $0.name == name }?.value
     }
 
     /// The path without its query.
-    var path: Substring { target.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)[0] }
+    package var path: Substring { target.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)[0] }
 
-    static func == (lhs: AdminRequest, rhs: AdminRequest) -> Bool {
+    package static func == (lhs: AdminRequest, rhs: AdminRequest) -> Bool {
         lhs.method == rhs.method && lhs.target == rhs.target
             && lhs.headers.map(\.name) == rhs.headers.map(\.name)
             && lhs.headers.map(\.value) == rhs.headers.map(\.value)
     }
 
     /// Parses the bytes received so far.
-    static func parse(_ bytes: some Collection<UInt8>) -> Parse {
+    package static func parse(_ bytes: some Collection<UInt8>) -> Parse {
         let bytes = Array(bytes.prefix(maxHeadBytes + 4))
         guard let headLength = endOfHead(bytes) else {
             return bytes.count > maxHeadBytes ? .refused(status: 431, reason: "request head over 8 KiB") : .incomplete

@@ -1,3 +1,4 @@
+internal import CLibevent
 import Glibc
 import WardConfig
 import WardPolicy
@@ -43,7 +44,12 @@ public struct SocketAddress: Sendable, CustomStringConvertible {
 
     private init() {}
 
-    package func withSockaddr<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
+    /// connect(2) to this address; for the admin client.
+    package func connect(_ fd: Int32) -> Int32 {
+        withSockaddr { Glibc.connect(fd, $0, $1) }
+    }
+
+    func withSockaddr<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
         withUnsafeBytes(of: storage) { raw in
             body(raw.baseAddress!.assumingMemoryBound(to: sockaddr.self), length)
         }

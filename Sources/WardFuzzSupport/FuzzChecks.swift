@@ -1,6 +1,8 @@
 import Foundation
 import WardConfig
+import WardControl
 import WardIdentity
+import WardObservability
 import WardPolicy
 import WardTLS
 
@@ -62,5 +64,24 @@ public enum FuzzChecks {
                 bundles: [TrustBundle(trustDomain: domain, authorities: certificates)],
                 policy: SVIDLeafPolicy(role: .client, maximumLifetimeSeconds: 86_400))
         }
+    }
+
+    /// An admin request head: parsing never traps, a parsed request is well-formed, and what
+    /// it parsed, written out again, parses to the same request.
+    public static func adminRequest(_ bytes: UnsafeBufferPointer<UInt8>) {
+        guard case .complete(let request) = AdminRequest.parse(bytes) else { return }
+        precondition(request.method.utf8.allSatisfy { (65...90).contains($0) } && request.target.hasPrefix("/"))
+        precondition(request.headers.allSatisfy { $0.name == $0.name.lowercased() && !$0.name.isEmpty })
+        var text = "\(request.method) \(request.target) HTTP/1.1\r\n"
+        for header in request.headers { text += "\(header.name): \(header.value)\r\n" }
+        text += "\r\n"
+        precondition(AdminRequest.parse(Array(text.utf8)) == .complete(request), "a parsed head must round-trip")
+    }
+
+    /// A chained log: verification never traps, and a verdict names a line inside the file.
+    public static func logChain(_ bytes: UnsafeBufferPointer<UInt8>) {
+        let verdict = LogChain.verify(
+            Data(bytes), sha256: { Digest.sha256Hex($0) }, checkSeal: { _ in .valid })
+        if let line = verdict.brokenLine { precondition(line >= 1 && line <= max(1, verdict.lines)) }
     }
 }

@@ -35,7 +35,7 @@ enum AdminClient {
         case .tcp(let hostPort):
             let resolved = try SocketAddress.resolve(hostPort)
             fd = socket(resolved.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-            guard resolved.withSockaddr({ connect(fd, $0, $1) }) == 0 else {
+            guard resolved.connect(fd) == 0 else {
                 let reason = CText.lastError
                 Glibc.close(fd)
                 throw SocketAddressError(message: "cannot reach the admin endpoint at \(hostPort): \(reason)")

@@ -77,7 +77,7 @@ extension WardCommand {
                         ? Self.jsonString([
                             "from": from, "to": to, "decision": "refused", "reason": "unknown_trust_domain",
                         ])
-                        : "\(from) -> \(to): refused: unknown_trust_domain (\(detail))")
+                        : TerminalText.escape("\(from) -> \(to): refused: unknown_trust_domain (\(detail))"))
                 throw ExitCode(1)
             }
             let context = DecisionContext(

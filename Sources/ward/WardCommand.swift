@@ -61,20 +61,22 @@ extension WardCommand {
                 let warnings =
                     FilePolicy.warnings(snapshot)
                     + snapshot.ruleSet.warnings(listenerLocations: config.listeners.map(\.location)).map(\.description)
-                for warning in warnings { print(warning) }
+                for warning in warnings { print(TerminalText.escape(warning)) }
                 print(
                     "\(options.config): OK: \(config.listeners.count) listener(s), "
                         + "\(config.trustDomains.count) trust domain(s), \(snapshot.ruleSet.ruleCount) rule(s), "
                         + "default \(config.rules.defaultAction.rawValue), identity \(snapshot.ownID)"
                         + (warnings.isEmpty ? "" : ", \(warnings.count) warning(s)"))
             case .failure(let problems):
-                for problem in problems.problems { print(problem) }
+                for problem in problems.problems { print(TerminalText.escape(problem.description)) }
                 throw ExitCode(1)
             }
         }
     }
 }
 
+/// Writes an error to stderr; what it quotes (arguments, file contents) cannot drive the terminal.
 func printError(_ text: String) {
-    FileHandle.standardError.write(Data((text + "\n").utf8))
+    let safe = text.split(separator: "\n", omittingEmptySubsequences: false).map { TerminalText.escape(String($0)) }
+    FileHandle.standardError.write(Data((safe.joined(separator: "\n") + "\n").utf8))
 }
