@@ -106,14 +106,14 @@ final class AdminServer {
     }
 
     fileprivate func accept(fd: Int32, base: OpaquePointer) {
-        guard open.count < Self.maxConnections, let connection = AdminConnection(server: self, base: base, fd: fd)
-        else {
+        guard open.count < Self.maxConnections else {
             // Full: refuse at once with an RST, before any byte is read.
             var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
             setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
             Glibc.close(fd)
             return
         }
+        guard let connection = AdminConnection(server: self, base: base, fd: fd) else { return }
         open[ObjectIdentifier(connection)] = connection
     }
 
@@ -276,15 +276,20 @@ final class AdminConnection {
     private var timer: OpaquePointer?
     private var answered = false
 
+    /// Takes `fd`: on failure it is closed here.
     init?(server: AdminServer, base: OpaquePointer, fd: Int32) {
         self.server = server
-        guard let bev = bufferevent_socket_new(base, fd, Int32(BEV_OPT_CLOSE_ON_FREE.rawValue)),
-            let timer = event_new(base, -1, 0, adminTimeoutCallback, nil)
-        else { return nil }
+        let context = Unmanaged.passUnretained(self).toOpaque()
+        guard let bev = bufferevent_socket_new(base, fd, Int32(BEV_OPT_CLOSE_ON_FREE.rawValue)) else {
+            Glibc.close(fd)
+            return nil
+        }
+        guard let timer = event_new(base, -1, 0, adminTimeoutCallback, context) else {
+            bufferevent_free(bev)
+            return nil
+        }
         self.bev = bev
         self.timer = timer
-        let context = Unmanaged.passUnretained(self).toOpaque()
-        event_assign(timer, base, -1, 0, adminTimeoutCallback, context)
         bufferevent_setcb(bev, adminReadCallback, adminWriteCallback, adminEventCallback, context)
         // Reading stops once a head's worth is buffered: nobody can make this connection grow.
         bufferevent_setwatermark(bev, Int16(EV_READ), 0, AdminRequest.maxHeadBytes + 4)
@@ -374,6 +379,5 @@ private let adminEventCallback: @convention(c) (OpaquePointer?, Int16, UnsafeMut
     adminConnection($2).close()
 }
 private let adminTimeoutCallback: @convention(c) (Int32, Int16, UnsafeMutableRawPointer?) -> Void = {
-    guard $2 != nil else { return }
     adminConnection($2).close()
 }

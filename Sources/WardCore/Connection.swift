@@ -146,12 +146,16 @@ final class Connection {
     private func handshakeFailure() -> (ReasonCode, String?) {
         let errors = drainErrorCodes()
         if let reason = check.reason { return (reason, check.detail) }
+        // Only an oversized Certificate is cert_too_large: OpenSSL says the same of any message.
+        let readingCertificate =
+            client.flatMap(bufferevent_openssl_get_ssl).map { SSL_get_state($0) == TLS_ST_SR_CERT }
+            ?? false
         let detail = errors.last.map(OpenSSLError.text(of:))
         for code in errors {
             switch ERR_GET_REASON(code) {
             case SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE: return (.noClientCert, detail)
             case SSL_R_UNSUPPORTED_PROTOCOL: return (.protocolVersion, detail)
-            case SSL_R_EXCESSIVE_MESSAGE_SIZE: return (.certTooLarge, detail)
+            case SSL_R_EXCESSIVE_MESSAGE_SIZE where readingCertificate: return (.certTooLarge, detail)
             default: continue
             }
         }
