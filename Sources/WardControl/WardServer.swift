@@ -26,7 +26,7 @@ public final class WardServer {
 
     /// Starts serving; returns after a clean shutdown. Throws start-up failures (ports, log, admin).
     public func run() throws {
-        // Before any event_base exists, or cross-thread wakeups silently fail (PLATFORM.md).
+        // Before any event_base exists, or cross-thread wakeups silently fail.
         evthread_use_pthreads()
         signal(SIGPIPE, SIG_IGN)
         try FilePolicy.check(snapshot.config)
