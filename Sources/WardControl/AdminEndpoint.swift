@@ -39,6 +39,11 @@ enum AdminSocket {
                 atPath: folder, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o750])
         }
         _ = try UnixSocketPath.withAddress(path) { _, _ in 0 }  // a path too long fails here, before any socket exists
+        var status = stat()
+        if lstat(path, &status) == 0, status.st_mode & S_IFMT != S_IFSOCK {
+            // Never unlink what is not a socket: a mistyped path could name the config itself.
+            throw SocketAddressError(message: "admin socket path \(path) exists and is not a socket")
+        }
         if FileManager.default.fileExists(atPath: path) {
             let probe = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             let connected = try UnixSocketPath.withAddress(path) { connect(probe, $0, $1) }
@@ -96,16 +101,47 @@ final class AdminServer {
         self.address = address
         self.reloader = reloader
         // Unretained: the server outlives its listener, which deinit frees.
-        evconnlistener_set_cb(listener, adminAcceptCallback, Unmanaged.passUnretained(self).toOpaque())
+        let context = Unmanaged.passUnretained(self).toOpaque()
+        evconnlistener_set_cb(listener, adminAcceptCallback, context)
+        evconnlistener_set_error_cb(listener, adminAcceptErrorCallback)
+        resumeEvent = event_new(base, -1, 0, adminResumeCallback, context)
+    }
+
+    /// Re-enables accepting after a pause for lack of descriptors.
+    private var resumeEvent: OpaquePointer?
+
+    /// accept(2) failed (EMFILE, ENFILE, ENOMEM): the pending connection stays queued, so the
+    /// listener would spin. Pause it for 100 ms, as the data-plane listeners do, and say so once.
+    fileprivate func pauseAccepting(error: Int32) {
+        evconnlistener_disable(listener)
+        if event_pending(resumeEvent, Int16(EV_TIMEOUT), nil) == 0 {
+            writeDiagnostic("ward: admin endpoint: accept failed: \(CText.errno(error)); pausing accepts for 100ms\n")
+        }
+        var pause = timeval(tv_sec: 0, tv_usec: 100_000)
+        event_add(resumeEvent, &pause)
+    }
+
+    fileprivate func resumeAccepting() {
+        evconnlistener_enable(listener)
     }
 
     deinit {
-        for connection in Array(open.values) { connection.close() }
+        // The connections must not call back into a server being deinitialised.
+        for connection in open.values { connection.free() }
+        open.removeAll()
         evconnlistener_free(listener)
+        if let resumeEvent { event_free(resumeEvent) }
         if case .unix(let path) = address { unlink(path) }
     }
 
     fileprivate func accept(fd: Int32, base: OpaquePointer) {
+        // Full: make room by dropping the oldest connection still waiting for its request, so
+        // that clients holding connections open cannot lock operators and probes out.
+        if open.count >= Self.maxConnections,
+            let oldest = open.values.filter({ !$0.answered }).min(by: { $0.since < $1.since })
+        {
+            oldest.close()
+        }
         guard open.count < Self.maxConnections else {
             // Full: refuse at once with an RST, before any byte is read.
             var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
@@ -274,7 +310,8 @@ final class AdminConnection {
     private unowned let server: AdminServer
     private var bev: OpaquePointer?
     private var timer: OpaquePointer?
-    private var answered = false
+    private(set) var answered = false
+    let since = monotonicMicroseconds()
 
     /// Takes `fd`: on failure it is closed here.
     init?(server: AdminServer, base: OpaquePointer, fd: Int32) {
@@ -332,11 +369,16 @@ final class AdminConnection {
 
     /// Frees the socket and timer, then drops the server's reference: the one release point.
     func close() {
+        free()
+        server.closed(self)
+    }
+
+    /// Frees the socket and timer (closing the connection) without telling the server.
+    func free() {
         if let timer { event_free(timer) }
         timer = nil
         if let bev { bufferevent_free(bev) }
         bev = nil
-        server.closed(self)
     }
 
     static func reasonPhrase(_ status: Int) -> String {
@@ -364,6 +406,19 @@ private let adminAcceptCallback:
             }
             Unmanaged<AdminServer>.fromOpaque(context).takeUnretainedValue().accept(fd: fd, base: base)
         }
+
+private let adminAcceptErrorCallback: @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?) -> Void = {
+    _, context in
+    let error = errno
+    guard let context else { return }
+    Unmanaged<AdminServer>.fromOpaque(context).takeUnretainedValue().pauseAccepting(error: error)
+}
+
+private let adminResumeCallback: @convention(c) (Int32, Int16, UnsafeMutableRawPointer?) -> Void = {
+    _, _, context in
+    guard let context else { return }
+    Unmanaged<AdminServer>.fromOpaque(context).takeUnretainedValue().resumeAccepting()
+}
 
 private func adminConnection(_ context: UnsafeMutableRawPointer?) -> AdminConnection {
     Unmanaged<AdminConnection>.fromOpaque(context!).takeUnretainedValue()

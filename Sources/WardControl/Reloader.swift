@@ -45,6 +45,7 @@ final class Reloader {
     /// Runs on the control thread after every publication, whatever triggered the reload:
     /// the one place that follows a new generation (file watches move with the config).
     var afterPublication: ((Publication) -> Void)?
+    private var lastUnchangedLine: ContinuousClock.Instant?
 
     init(configPath: String, store: SnapshotStore, log: ConnectionLog, metrics: MetricsRegistry) {
         self.configPath = configPath
@@ -79,10 +80,15 @@ final class Reloader {
         if before.files == current.filesDigest {
             outcome.ok = true
             outcome.changed = false
-            // The watcher sees every write; only a reload someone asked for is worth a line.
+            // The watcher sees every write; only a reload someone asked for is worth a line, and
+            // at most one a second: a loop of no-op reloads must not fill the log.
             if trigger != "file" {
-                logLine(outcome, trigger: trigger)
                 metrics.reload(ok: true)
+                let now = ContinuousClock.now
+                if lastUnchangedLine.map({ now - $0 >= .seconds(1) }) ?? true {
+                    lastUnchangedLine = now
+                    logLine(outcome, trigger: trigger)
+                }
             }
             return outcome
         }

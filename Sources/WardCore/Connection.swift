@@ -242,7 +242,15 @@ final class Connection {
         generation = worker.publication.generation
         let key = worker.snapshot.verificationKeys[peer.trustDomain]
         if key != verifiedUnder {
-            if let (reason, detail) = worker.tls.reverifyPeer(of: ssl) {
+            let fingerprint = TLSServerContext.peerChainFingerprint(of: ssl) ?? ""
+            let verdict: (ReasonCode, String?)?
+            if let known = worker.chainVerdicts[fingerprint] {
+                verdict = known
+            } else {
+                verdict = worker.tls.reverifyPeer(of: ssl)
+                worker.chainVerdicts[fingerprint] = .some(verdict)
+            }
+            if let (reason, detail) = verdict {
                 revoke(reason: reason, detail: detail, decision: nil)
                 return
             }
@@ -259,7 +267,7 @@ final class Connection {
     /// With `peer_expiry: close`, a timer for the moment the peer's SVID expires: a connection
     /// must not outlive the identity that opened it.
     private func armExpiry() {
-        guard worker.snapshot.config.peerExpiry == .close, let notAfter = check.notAfter else {
+        guard worker.snapshot.config.peerExpiry == .close, let notAfter = check.validUntil ?? check.notAfter else {
             if let expiryTimer { event_del(expiryTimer) }
             return
         }
@@ -270,14 +278,16 @@ final class Connection {
     }
 
     fileprivate func expiryFired() {
-        guard state == .connectingUpstream || state == .forwarding, let notAfter = check.notAfter else { return }
+        guard state == .connectingUpstream || state == .forwarding, let notAfter = check.validUntil ?? check.notAfter
+        else { return }
         // A wall clock stepped back since arming: wait for the rest.
         if Int64(worker.now.tv_sec) < notAfter {
             armExpiry()
             return
         }
+        let which = notAfter == check.notAfter ? "peer SVID" : "a certificate of the peer's chain"
         revoke(
-            reason: .expired, detail: "peer SVID expired at \(LogLine.rfc3339(epochSeconds: notAfter))",
+            reason: .expired, detail: "\(which) expired at \(LogLine.rfc3339(epochSeconds: notAfter))",
             decision: decision)
     }
 

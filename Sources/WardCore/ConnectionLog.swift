@@ -49,6 +49,7 @@ public final class ConnectionLog: Sendable {
     private nonisolated(unsafe) var descriptor: Int32
     private nonisolated(unsafe) var previousDigest: String
     private nonisolated(unsafe) var linesSinceCheckpoint = 0
+    private nonisolated(unsafe) var nextSeq: Int64 = 0
     private nonisolated(unsafe) var lastCheckpoint = ContinuousClock.now
 
     /// Opens `path` for appending (`-` is standard output). Call at start-up, not on a loop.
@@ -63,10 +64,12 @@ public final class ConnectionLog: Sendable {
         self.capacity = capacity
         descriptor = try Self.open(path)
         // A chain continues from the last line already in the file.
-        let last = chain ? Self.lastLineDigest(path) : nil
-        previousDigest = last ?? LogChain.genesisDigest
-        // A new file opens with a genesis checkpoint; a restart on an old one says so.
-        checkpoint(last == nil ? "genesis" : "start")
+        let tail = chain ? Self.tail(path) : nil
+        previousDigest = tail?.lastDigest ?? LogChain.genesisDigest
+        nextSeq = tail?.lastSeq.map { $0 + 1 } ?? 0
+        // A new file opens with a genesis checkpoint; a restart on an old one says so, and how
+        // many lines it found after the last checkpoint: it cannot vouch for those.
+        checkpoint(tail == nil ? "genesis" : "start", unsealedBefore: tail?.unsealed ?? 0)
         let thread = Thread { [self] in self.writeLoop() }
         thread.name = "ward-log"
         thread.start()
@@ -80,10 +83,12 @@ public final class ConnectionLog: Sendable {
     }
 
     /// Queues one finished line. Safe from any thread; takes a short lock, never waits for I/O.
-    public func append(_ line: String) {
+    /// A line that is not `essential` (a failed handshake's) is dropped once the queue is half
+    /// full, so a flood of them never crowds out allow, deny, revoke and close lines.
+    public func append(_ line: String, essential: Bool = true) {
         let wake = state.withLock { state -> Bool in
             guard !state.closed else { return false }
-            guard state.pending.count < capacity else {
+            guard state.pending.count < (essential ? capacity : capacity / 2) else {
                 state.dropped += 1
                 droppedTotal.add(1, ordering: .relaxed)
                 return false
@@ -140,8 +145,22 @@ public final class ConnectionLog: Sendable {
                 line.add("dropped", dropped)
                 lines.append(line.finish())
             }
-            write(chain ? lines.map(chained).joined() : lines.joined())
-            linesSinceCheckpoint += lines.count
+            guard chain, let checkpoints else {
+                write(lines.joined())
+                continue
+            }
+            // A checkpoint after exactly `everyLines` lines: `verify` holds the writer to it.
+            var chunk = ""
+            for line in lines {
+                chunk += chained(line)
+                linesSinceCheckpoint += 1
+                if linesSinceCheckpoint >= checkpoints.everyLines {
+                    write(chunk)
+                    chunk = ""
+                    checkpoint("interval")
+                }
+            }
+            write(chunk)
         }
         checkpoint("close")
         finished.signal()
@@ -167,14 +186,21 @@ public final class ConnectionLog: Sendable {
     }
 
     /// Writes a signed checkpoint over every line so far. Writer thread (or init, before it starts).
-    private func checkpoint(_ kind: String) {
+    private func checkpoint(_ kind: String, unsealedBefore: Int = 0) {
         guard let checkpoints else { return }
         let timestamp = Self.now()
-        guard let line = checkpoints.sealer.checkpoint(kind: kind, timestamp: timestamp, prev: previousDigest) else {
+        var stamp = ""
+        LogLine.appendTimestamp(timestamp, to: &stamp)
+        let fields = LogChain.SealFields(
+            kind: kind, timestamp: stamp, seq: nextSeq, every: Int64(checkpoints.everyLines),
+            intervalMilliseconds: checkpoints.interval.milliseconds, unsealedBefore: Int64(unsealedBefore),
+            prev: previousDigest)
+        guard let line = checkpoints.sealer.checkpoint(fields, timestamp: timestamp) else {
             writeDiagnostic("ward: cannot sign a log checkpoint; the chain goes on unsealed\n")
             return
         }
         write(chained(line))
+        nextSeq += 1
         linesSinceCheckpoint = 0
         lastCheckpoint = ContinuousClock.now
     }
@@ -222,16 +248,28 @@ public final class ConnectionLog: Sendable {
     }
 
     /// SHA-256 of the last line of `path`, or nil if it has none.
-    static func lastLineDigest(_ path: String) -> String? {
+    /// What a chain continuing `path` needs from its last MiB: the last line's digest, the
+    /// last checkpoint's sequence number, and how many lines follow that checkpoint. Nil for an
+    /// empty or unreadable file.
+    static func tail(_ path: String) -> (lastDigest: String, lastSeq: Int64?, unsealed: Int)? {
         guard path != "-", let handle = FileHandle(forReadingAtPath: path) else { return nil }
         defer { try? handle.close() }
         let size = (try? handle.seekToEnd()) ?? 0
         let window = min(size, 1 << 20)
         try? handle.seek(toOffset: size - window)
         guard let data = try? handle.readToEnd(), !data.isEmpty else { return nil }
-        var lines = data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: true)
-        guard let last = lines.popLast() else { return nil }
-        return Digest.sha256Hex(Data(last))
+        let lines = data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: true)
+        guard let last = lines.last else { return nil }
+        var unsealed = 0
+        for line in lines.reversed() {
+            if let object = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any],
+                object["event"] as? String == "checkpoint"
+            {
+                return (Digest.sha256Hex(Data(last)), (object["seq"] as? Int).map(Int64.init), unsealed)
+            }
+            unsealed += 1
+        }
+        return (Digest.sha256Hex(Data(last)), nil, unsealed)
     }
 
     package static func now() -> timeval {

@@ -21,15 +21,15 @@ public final class LogSealer: Sendable {
 
     /// The unchained checkpoint line, or nil if the key cannot sign. One signature: log writer
     /// thread only.
-    func checkpoint(kind: String, timestamp: timeval, prev: String) -> String? {
+    func checkpoint(_ fields: LogChain.SealFields, timestamp: timeval) -> String? {
         let (material, id) = identity.withLock { $0 }
         var line = LogLine(event: "checkpoint", connection: nil, timestamp: timestamp)
-        var stamp = ""
-        LogLine.appendTimestamp(timestamp, to: &stamp)
-        guard
-            let signature = try? material.key.sign(LogChain.sealInput(kind: kind, timestamp: stamp, prev: prev))
-        else { return nil }
-        line.add("kind", kind)
+        guard let signature = try? material.key.sign(fields.signedBytes) else { return nil }
+        line.add("kind", fields.kind)
+        line.add("seq", fields.seq)
+        line.add("every", fields.every)
+        line.add("interval_ms", fields.intervalMilliseconds)
+        if fields.kind == "start" { line.add("unsealed_before", fields.unsealedBefore) }
         line.add("signer", id.description)
         line.addStrings("certs", material.chain.map { $0.der.base64EncodedString() })
         line.add("sig", signature.base64EncodedString())

@@ -24,22 +24,61 @@ public enum LogChain {
         return (body + "\n", sha256(Data(body.utf8)))
     }
 
-    /// The bytes a checkpoint signs.
-    public static func sealInput(kind: String, timestamp: String, prev: String) -> Data {
-        Data("ward-log-checkpoint/1\n\(kind)\n\(timestamp)\n\(prev)\n".utf8)
+    /// What a checkpoint says, all of it signed.
+    public struct SealFields: Sendable, Equatable {
+        public var kind: String
+        public var timestamp: String
+        /// Counts checkpoints along the chain, across files and restarts: a removed one leaves a gap.
+        public var seq: Int64
+        /// The writer's `log_checkpoint_lines`: no run of lines between checkpoints is longer.
+        public var every: Int64
+        public var intervalMilliseconds: Int64
+        /// On `start`: lines after the last checkpoint that Ward found in the file; it does not
+        /// vouch for them.
+        public var unsealedBefore: Int64
+        public var prev: String
+
+        public init(
+            kind: String, timestamp: String, seq: Int64, every: Int64, intervalMilliseconds: Int64,
+            unsealedBefore: Int64 = 0, prev: String
+        ) {
+            self.kind = kind
+            self.timestamp = timestamp
+            self.seq = seq
+            self.every = every
+            self.intervalMilliseconds = intervalMilliseconds
+            self.unsealedBefore = unsealedBefore
+            self.prev = prev
+        }
+
+        /// The bytes the signature covers.
+        public var signedBytes: Data {
+            Data(
+                ("ward-log-checkpoint/2\n\(kind)\n\(timestamp)\n\(seq)\n\(every)\n\(intervalMilliseconds)\n"
+                    + "\(unsealedBefore)\n\(prev)\n").utf8)
+        }
+    }
+
+    /// Where the previous file of a chain ended, to check the next one continues it.
+    public struct Continuation: Sendable, Equatable {
+        public var head: String
+        public var seq: Int64
+        public init(head: String, seq: Int64) {
+            self.head = head
+            self.seq = seq
+        }
     }
 
     /// A checkpoint as read back from a log, for the caller to check its signature.
     public struct Seal: Sendable {
         public var line: Int
-        public var kind: String
-        public var timestamp: String
-        public var prev: String
+        public var fields: SealFields
         public var signer: String
         /// DER certificates, leaf first.
         public var certificates: [Data]
         public var signature: Data
-        public var input: Data { LogChain.sealInput(kind: kind, timestamp: timestamp, prev: prev) }
+        public var timestamp: String { fields.timestamp }
+        public var input: Data { fields.signedBytes }
     }
 
     public enum SealCheck: Sendable, Equatable {
@@ -55,21 +94,26 @@ public enum LogChain {
         public var message: String
         /// SHA-256 of the last line: a later file's first `prev`.
         public var head: String?
+        /// The last checkpoint's sequence number: a later file's checkpoints continue it.
+        public var lastSeq: Int64?
         /// Checkpoints whose signature verified.
         public var seals = 0
         /// Lines after the last checkpoint: not protected yet against edits with recomputed hashes.
         public var unsealed = 0
+        /// Lines Ward found unsealed when it restarted (after a crash or kill) and did not vouch for.
+        public var unsealedAtRestart = 0
         /// The file ends with a `close` checkpoint.
         public var closed = false
         public var signers: [String] = []
     }
 
-    /// Checks a chained log. `previousHead` is the digest of the previous file's last line,
-    /// when that file is verified too; `requireClose` refuses a file that does not end with a
-    /// `close` checkpoint (every rotated file does, so a cut tail shows).
+    /// Checks a chained log. `previous` is where the previous file ended, when that file is
+    /// verified too; `requireClose` refuses a file that does not end with a `close` checkpoint
+    /// (every rotated file does, so a cut tail shows); `requireSealed` refuses lines left
+    /// unsealed at a restart.
     public static func verify(
-        _ data: Data, previousHead: String? = nil, requireClose: Bool = false, sha256: (Data) -> String,
-        checkSeal: (Seal) -> SealCheck
+        _ data: Data, previous: Continuation? = nil, requireClose: Bool = false, requireSealed: Bool = false,
+        sha256: (Data) -> String, checkSeal: (Seal) -> SealCheck
     ) -> Verdict {
         var lines = data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false)
         if lines.last?.isEmpty == true { lines.removeLast() }
@@ -90,7 +134,7 @@ public enum LogChain {
             objects.append(object)
             prevs.append(prev)
         }
-        if let previousHead, prevs[0] != previousHead {
+        if let previous, prevs[0] != previous.head {
             return broken(1, "line 1 does not follow the previous file: lines were removed between them")
         }
         // The link into line i+1 holds when its prev is the digest of line i.
@@ -109,10 +153,33 @@ public enum LogChain {
                 "chain broken after line \(line): line \(line) was altered, "
                     + "or lines between \(line) and \(line + 1) were removed")
         }
+        if objects[0]["event"] as? String != "checkpoint" || objects[0]["kind"] as? String != "genesis" {
+            return broken(
+                1,
+                "line 1 is not a signed genesis checkpoint: the start of the file was removed "
+                    + "(or it was written without log_chain)")
+        }
         var verdict = Verdict(lines: lines.count, brokenLine: nil, message: "", head: digests.last)
-        var lastSeal = 0
-        for (index, object) in objects.enumerated() where object["event"] as? String == "checkpoint" {
+        var last: SealFields? = nil
+        var lastSeq = previous?.seq
+        // Lines since the last checkpoint, with the latest time among them.
+        var run = 0
+        var runLatest: (line: Int, ms: Int64)? = nil
+        for (index, object) in objects.enumerated() {
             let line = index + 1
+            guard object["event"] as? String == "checkpoint" else {
+                run += 1
+                if let last, run > last.every {
+                    return broken(
+                        line,
+                        "\(run) lines after the checkpoint before line \(line - run + 1), more than its "
+                            + "log_checkpoint_lines (\(last.every)): a checkpoint was removed")
+                }
+                if let ms = (object["ts"] as? String).flatMap(epochMilliseconds), ms > runLatest?.ms ?? .min {
+                    runLatest = (line, ms)
+                }
+                continue
+            }
             guard let seal = seal(object, line: line, prev: prevs[index]) else {
                 return broken(line, "line \(line): checkpoint is malformed")
             }
@@ -121,41 +188,99 @@ public enum LogChain {
                     line,
                     "line \(line): checkpoint signature does not verify (\(why)): lines up to \(line) were altered")
             }
+            if let lastSeq, seal.fields.seq != lastSeq + 1 {
+                return broken(
+                    line,
+                    "line \(line): checkpoint \(seal.fields.seq) follows checkpoint \(lastSeq): a checkpoint was removed"
+                )
+            }
+            guard let sealedAt = epochMilliseconds(seal.timestamp) else {
+                return broken(line, "line \(line): checkpoint time is malformed")
+            }
+            // Clocks step, but not by more than a second between a line and its seal.
+            if let latest = runLatest, latest.ms > sealedAt + 1000 {
+                return broken(
+                    latest.line, "line \(latest.line) is dated after the checkpoint at line \(line) that seals it")
+            }
+            if let last, let before = epochMilliseconds(last.timestamp), sealedAt + 1000 < before {
+                return broken(line, "line \(line): checkpoint times go backwards")
+            }
+            if seal.fields.kind == "start", run > 0 {
+                verdict.unsealedAtRestart += run
+            }
             verdict.seals += 1
             if !verdict.signers.contains(seal.signer) { verdict.signers.append(seal.signer) }
-            lastSeal = line
+            last = seal.fields
+            lastSeq = seal.fields.seq
+            run = 0
+            runLatest = nil
         }
-        if objects[0]["event"] as? String != "checkpoint" || objects[0]["kind"] as? String != "genesis" {
-            return broken(
-                1,
-                "line 1 is not a signed genesis checkpoint: the start of the file was removed "
-                    + "(or it was written without log_chain)")
-        }
-        verdict.unsealed = lines.count - lastSeal
-        verdict.closed = lastSeal == lines.count && objects[lastSeal - 1]["kind"] as? String == "close"
+        verdict.lastSeq = lastSeq
+        verdict.unsealed = run
+        verdict.closed = run == 0 && last?.kind == "close"
         if requireClose, !verdict.closed {
             return broken(
                 lines.count,
                 "the file does not end with a close checkpoint: its tail was cut (or Ward is still writing it)")
         }
+        if requireSealed, verdict.unsealedAtRestart > 0 {
+            return broken(
+                lines.count,
+                "\(verdict.unsealedAtRestart) line(s) were not sealed before a restart: Ward did not vouch for them")
+        }
+        var notes: [String] = []
+        if verdict.unsealedAtRestart > 0 {
+            notes.append("\(verdict.unsealedAtRestart) line(s) left unsealed at a restart are not sealed")
+        }
+        notes.append(
+            verdict.closed ? "closed" : "\(verdict.unsealed) line(s) after the last checkpoint are not sealed yet")
         verdict.message =
             "\(lines.count) lines, chain intact, \(verdict.seals) checkpoint(s) signed by "
-            + verdict.signers.joined(separator: ", ")
-            + (verdict.closed
-                ? "; closed"
-                : "; \(verdict.unsealed) line(s) after the last checkpoint are not sealed yet")
+            + verdict.signers.joined(separator: ", ") + "; " + notes.joined(separator: "; ")
         return verdict
     }
 
+    /// Milliseconds since 1970 of Ward's `ts` format, `2026-11-30T00:12:34.567Z` (or whole seconds).
+    public static func epochMilliseconds(_ text: String) -> Int64? {
+        let bytes = Array(text.utf8)
+        guard bytes.count == 24 || bytes.count == 20, bytes.last == UInt8(ascii: "Z") else { return nil }
+        func number(_ range: Range<Int>) -> Int64? {
+            var value: Int64 = 0
+            for byte in bytes[range] {
+                guard (48...57).contains(byte) else { return nil }
+                value = value * 10 + Int64(byte - 48)
+            }
+            return value
+        }
+        guard let year = number(0..<4), let month = number(5..<7), let day = number(8..<10),
+            let hour = number(11..<13), let minute = number(14..<16), let second = number(17..<19),
+            (1...12).contains(month), (1...31).contains(day)
+        else { return nil }
+        let millis = bytes.count == 24 ? number(20..<23) : 0
+        guard let millis else { return nil }
+        // Days from the civil date (proleptic Gregorian), as in Howard Hinnant's algorithm.
+        let y = month <= 2 ? year - 1 : year
+        let era = (y >= 0 ? y : y - 399) / 400
+        let yearOfEra = y - era * 400
+        let dayOfYear = (153 * (month + (month > 2 ? -3 : 9)) + 2) / 5 + day - 1
+        let dayOfEra = yearOfEra * 365 + yearOfEra / 4 - yearOfEra / 100 + dayOfYear
+        let days = era * 146_097 + dayOfEra - 719_468
+        return ((days * 24 + hour) * 60 + minute) * 60_000 + second * 1000 + millis
+    }
+
     private static func seal(_ object: [String: Any], line: Int, prev: String) -> Seal? {
+        func integer(_ key: String) -> Int64? { (object[key] as? Int).map(Int64.init) }
         guard let kind = object["kind"] as? String, let timestamp = object["ts"] as? String,
+            let seq = integer("seq"), let every = integer("every"), every > 0,
+            let interval = integer("interval_ms"),
             let signer = object["signer"] as? String, let certificates = object["certs"] as? [String],
             let signature = (object["sig"] as? String).flatMap({ Data(base64Encoded: $0) })
         else { return nil }
         let ders = certificates.compactMap { Data(base64Encoded: $0) }
         guard !ders.isEmpty, ders.count == certificates.count else { return nil }
-        return Seal(
-            line: line, kind: kind, timestamp: timestamp, prev: prev, signer: signer, certificates: ders,
-            signature: signature)
+        let fields = SealFields(
+            kind: kind, timestamp: timestamp, seq: seq, every: every, intervalMilliseconds: interval,
+            unsealedBefore: integer("unsealed_before") ?? 0, prev: prev)
+        return Seal(line: line, fields: fields, signer: signer, certificates: ders, signature: signature)
     }
 }

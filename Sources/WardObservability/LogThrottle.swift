@@ -6,8 +6,10 @@ import WardPolicy
 /// once the window is over, as one summary line per source. Allow, deny and close lines never
 /// pass through here.
 ///
-/// One per worker, used on its thread only; memory is bounded by `maxSources` (further
-/// sources share one entry, reported with no address).
+/// Many sources together (an attacker rotating addresses) get `linesPerWindowOverall` lines
+/// per window; beyond that every source is counted in the shared entry, reported with no
+/// address. One per worker, used on its thread only; memory is bounded by `maxSources` (further
+/// sources share that entry too).
 public struct LogThrottle {
     public struct Suppressed: Equatable, Sendable {
         /// nil for the shared entry of sources past `maxSources`.
@@ -15,6 +17,12 @@ public struct LogThrottle {
         public var count: Int
         /// Suppressed lines per reason code.
         public var reasons: [String: Int]
+
+        public init(source: IPAddress?, count: Int, reasons: [String: Int]) {
+            self.source = source
+            self.count = count
+            self.reasons = reasons
+        }
     }
 
     private struct Entry {
@@ -25,23 +33,36 @@ public struct LogThrottle {
     }
 
     public let linesPerWindow: Int
+    public let linesPerWindowOverall: Int
     public let windowMilliseconds: Int64
     public let maxSources: Int
     private var entries: [IPAddress?: Entry] = [:]
+    private var overallWindowStart: Int64 = 0
+    private var overallLogged = 0
 
-    public init(linesPerWindow: Int = 20, windowMilliseconds: Int64 = 1000, maxSources: Int = 4096) {
+    public init(
+        linesPerWindow: Int = 20, linesPerWindowOverall: Int = 200, windowMilliseconds: Int64 = 1000,
+        maxSources: Int = 4096
+    ) {
         self.linesPerWindow = linesPerWindow
+        self.linesPerWindowOverall = linesPerWindowOverall
         self.windowMilliseconds = windowMilliseconds
         self.maxSources = maxSources
     }
 
     /// Whether a line for `source` may be written now; if not, it is counted under `reason`.
     public mutating func admit(_ source: IPAddress?, reason: String, now: Int64) -> Bool {
-        let key = entries[source] != nil || entries.count < maxSources ? source : nil
+        if now - overallWindowStart >= windowMilliseconds {
+            overallWindowStart = now
+            overallLogged = 0
+        }
+        let overBudget = overallLogged >= linesPerWindowOverall
+        let key = !overBudget && (entries[source] != nil || entries.count < maxSources) ? source : nil
         var entry = entries[key] ?? Entry(windowStart: now)
         defer { entries[key] = entry }
-        if entry.logged < linesPerWindow {
+        if !overBudget, entry.logged < linesPerWindow {
             entry.logged += 1
+            overallLogged += 1
             return true
         }
         entry.suppressed += 1

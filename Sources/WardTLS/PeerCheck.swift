@@ -11,6 +11,9 @@ public final class PeerCheck {
     public var serialHex: String?
     public var sha256Hex: String?
     public var notAfter: Int64?
+    /// The earliest notAfter of the verified chain, leaf to trust anchor: when the peer's
+    /// authentication ends, which may be before its leaf expires.
+    public var validUntil: Int64?
     /// notAfter − notBefore of the leaf, in seconds.
     public var lifetimeSeconds: Int64 = 0
 

@@ -80,7 +80,14 @@ public final class SVIDVerifier {
         // RSA-512 leaves and SHA-1-signed chains verify.
         X509_VERIFY_PARAM_set_auth_level(X509_STORE_CTX_get0_param(context), securityLevel)
         if let time { X509_VERIFY_PARAM_set_time(X509_STORE_CTX_get0_param(context), time_t(time)) }
-        if X509_verify_cert(context) == 1 { return nil }
+        if X509_verify_cert(context) == 1 {
+            if let chain = X509_STORE_CTX_get0_chain(context) {
+                check.validUntil = (0..<OPENSSL_sk_num(chain)).compactMap { index in
+                    OPENSSL_sk_value(chain, index).map { Certificate(borrowing: OpaquePointer($0)).notAfter }
+                }.min()
+            }
+            return nil
+        }
         let error = X509_STORE_CTX_get_error(context)
         ERR_clear_error()
         let reason: ReasonCode

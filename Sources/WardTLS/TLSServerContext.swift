@@ -114,6 +114,20 @@ public final class TLSServerContext {
         return verifierReference.takeUnretainedValue().verify(leaf: leaf, untrusted: intermediates, into: check) == nil
     }
 
+    /// SHA-256 over the DER of the certificates an established session's peer presented, leaf
+    /// first: peers with equal fingerprints verify alike against the same bundle at the same time.
+    public static func peerChainFingerprint(of session: OpaquePointer) -> String? {
+        guard let leaf = SSL_get0_peer_certificate(session) else { return nil }
+        var parts = [Certificate(borrowing: leaf).der]
+        if let chain = SSL_get_peer_cert_chain(session) {
+            for index in 0..<OPENSSL_sk_num(chain) {
+                guard let certificate = OPENSSL_sk_value(chain, index) else { continue }
+                parts.append(Certificate(borrowing: OpaquePointer(certificate)).der)
+            }
+        }
+        return Digest.sha256Hex(lengthPrefixed: parts)
+    }
+
     /// How long a cached session may be resumed: short, since its peer is re-verified anyway.
     public static let sessionLifetimeSeconds = 3600
 

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import WardIdentity
 import WardObservability
+import WardSystem
 import WardTLS
 
 extension WardCommand {
@@ -23,8 +24,15 @@ extension WardCommand {
             @Option(help: "Trust bundle (PEM) of the signer's trust domain: checkpoint certificates must chain to it.")
             var bundle: String?
 
-            @Flag(help: "Refuse a file that does not end with a close checkpoint (every rotated file does).")
+            @Flag(
+                help: """
+                    Refuse a file that does not end with a close checkpoint (every rotated file does), \
+                    or that holds lines left unsealed at a restart.
+                    """)
             var requireClose = false
+
+            @Option(help: "The SPIFFE ID every checkpoint must be signed by (this Ward's own).")
+            var signer: String?
 
             func run() throws {
                 let authorities: [Certificate]?
@@ -34,20 +42,20 @@ extension WardCommand {
                     printError("ward audit verify: \(bundle ?? ""): \(error)")
                     throw ExitCode(1)
                 }
-                var previousHead: String?
+                var previous: LogChain.Continuation?
                 for (index, file) in files.enumerated() {
                     let data: Data
                     do {
-                        data = try Data(contentsOf: URL(fileURLWithPath: file))
+                        data = try RegularFile.read(file, limit: 1 << 30)
                     } catch {
-                        printError("ward audit verify: \(file): cannot read")
+                        printError("ward audit verify: \(file): cannot read: \(error)")
                         throw ExitCode(1)
                     }
                     // Every file but the newest was closed at rotation.
                     let verdict = LogChain.verify(
-                        data, previousHead: previousHead, requireClose: requireClose || index < files.count - 1,
-                        sha256: { Digest.sha256Hex($0) }, checkSeal: { SealChecker.check($0, authorities: authorities) }
-                    )
+                        data, previous: previous, requireClose: requireClose || index < files.count - 1,
+                        requireSealed: requireClose, sha256: { Digest.sha256Hex($0) },
+                        checkSeal: { SealChecker.check($0, authorities: authorities, signer: signer) })
                     if let line = verdict.brokenLine {
                         print(TerminalText.escape("\(file):\(line): \(verdict.message)"))
                         throw ExitCode(1)
@@ -57,7 +65,7 @@ extension WardCommand {
                         TerminalText.escape(
                             "\(file): \(verdict.message)\(anchored)"
                                 + (verdict.head.map { "; head sha256 \($0)" } ?? "")))
-                    previousHead = verdict.head
+                    previous = verdict.head.map { LogChain.Continuation(head: $0, seq: verdict.lastSeq ?? -1) }
                 }
             }
         }
@@ -68,7 +76,10 @@ extension WardCommand {
 /// names the signer, and (with a bundle) chains to that trust domain's bundle as of the
 /// checkpoint's time.
 enum SealChecker {
-    static func check(_ seal: LogChain.Seal, authorities: [Certificate]?) -> LogChain.SealCheck {
+    static func check(_ seal: LogChain.Seal, authorities: [Certificate]?, signer expected: String? = nil)
+        -> LogChain.SealCheck
+    {
+        if let expected, seal.signer != expected { return .invalid("signed by \(seal.signer), not \(expected)") }
         guard let chain = try? seal.certificates.map(Certificate.init(der:)), let leaf = chain.first else {
             return .invalid("unreadable certificate")
         }

@@ -3,6 +3,7 @@ import Foundation
 import WardConfig
 import WardObservability
 import WardPolicy
+import WardSystem
 import WardTLS
 
 extension WardCommand {
@@ -44,6 +45,11 @@ extension WardCommand {
                 printError("ward logs: no log file given and none found in \(options.config)")
                 throw ExitCode(1)
             }
+            var status = stat()
+            if stat(path, &status) == 0, status.st_mode & S_IFMT != S_IFREG {
+                printError("ward logs: \(path): not a regular file")
+                throw ExitCode(1)
+            }
             let color = !json && isatty(STDOUT_FILENO) == 1
             let reader = LogTail(path: path)
             repeat {
@@ -62,8 +68,8 @@ extension WardCommand {
                     print(json ? String(decoding: line, as: UTF8.self) : LogFormatter.human(record, color: color))
                 }
                 fflush(nil)  // every stream: `stdout` itself is not concurrency-safe to name
-                if follow { usleep(200_000) }
-            } while follow
+                if follow, !reader.hasMore { usleep(200_000) }
+            } while follow || reader.hasMore
         }
 
         private func logPath() -> String? {
@@ -88,7 +94,7 @@ extension WardCommand {
         var generalize = false
 
         func run() throws {
-            guard let data = FileManager.default.contents(atPath: fromLog) else {
+            guard let data = try? RegularFile.read(fromLog, limit: 1 << 30) else {
                 printError("ward suggest: \(fromLog): cannot read")
                 throw ExitCode(1)
             }
@@ -133,8 +139,17 @@ final class LogTail {
         return handle.map { drain($0) } ?? []
     }
 
+    /// Whether the last read stopped at its size limit rather than at the end of the file.
+    private(set) var hasMore = false
+
+    /// At most 4 MiB a call, so a huge log is shown in pieces rather than loaded whole.
     private func drain(_ handle: FileHandle) -> [Data] {
-        guard let data = try? handle.readToEnd(), !data.isEmpty else { return [] }
+        let chunk = 4 << 20
+        guard let data = try? handle.read(upToCount: chunk), !data.isEmpty else {
+            hasMore = false
+            return []
+        }
+        hasMore = data.count == chunk
         offset += UInt64(data.count)
         partial += data
         guard let last = partial.lastIndex(of: UInt8(ascii: "\n")) else { return [] }

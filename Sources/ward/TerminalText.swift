@@ -15,7 +15,12 @@ enum TerminalText {
         return out
     }
 
+    /// C0, DEL and C1 controls, and the bidirectional formatting characters that can make a
+    /// line read differently from what it holds (U+202E and friends).
     private static func isControl(_ scalar: Unicode.Scalar) -> Bool {
-        scalar.value < 0x20 || (0x7f...0x9f).contains(scalar.value)
+        switch scalar.value {
+        case 0..<0x20, 0x7f...0x9f, 0x061c, 0x200e, 0x200f, 0x202a...0x202e, 0x2066...0x2069: return true
+        default: return false
+        }
     }
 }
