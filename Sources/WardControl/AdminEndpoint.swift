@@ -226,6 +226,9 @@ final class AdminServer {
         if stopped > 0 { reasons.append("\(stopped) worker(s) stopped") }
         let paused = reloader.metrics.workers.reduce(0) { $0 + $1.pausedListenerCount }
         if paused > 0 { reasons.append("\(paused) listener(s) not accepting (out of file descriptors)") }
+        if let problem = reloader.log.currentWriteProblem {
+            reasons.append("connection log writes are failing (\(problem)); lines are kept and retried")
+        }
         if let problem = reloader.log.lastReopenProblem {
             reasons.append("connection log could not be reopened (\(problem)); lines go to the file opened before")
         }
@@ -249,7 +252,8 @@ final class AdminServer {
             .init(
                 generation: publication.generation,
                 svidExpiry: publication.snapshot.identity.chain.first?.notAfter ?? 0,
-                logDropped: reloader.log.dropped, logReopenFailures: reloader.log.reopenFailures))
+                logDropped: reloader.log.dropped, logReopenFailures: reloader.log.reopenFailures,
+                logWriteFailures: reloader.log.writeFailures))
     }
 
     private func rules() -> String {

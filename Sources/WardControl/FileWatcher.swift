@@ -45,13 +45,37 @@ final class FileWatcher {
         let mask = UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE | IN_DELETE | IN_ATTRIB)
         var wanted: [Int32: Set<String>] = [:]
         for file in files {
-            let folder = (file as NSString).deletingLastPathComponent
-            let descriptor = inotify_add_watch(fd, folder.isEmpty ? "." : folder, mask)
-            guard descriptor >= 0 else { continue }
-            wanted[descriptor, default: []].insert((file as NSString).lastPathComponent)
+            for (folder, name) in Self.watchPoints(of: file) {
+                let descriptor = inotify_add_watch(fd, folder.isEmpty ? "." : folder, mask)
+                guard descriptor >= 0 else { continue }
+                wanted[descriptor, default: []].insert(name)
+            }
         }
         for descriptor in names.keys where wanted[descriptor] == nil { inotify_rm_watch(fd, descriptor) }
         names = wanted
+    }
+
+    /// Every (folder, name) whose change can change what `path` reads: its own entry, each
+    /// symlink on the way (a swapped `current -> r2` folder link, a linked file) in the folder
+    /// that holds it, and the file the path finally resolves to.
+    static func watchPoints(of path: String) -> [(folder: String, name: String)] {
+        func split(_ path: String) -> (String, String) {
+            ((path as NSString).deletingLastPathComponent, (path as NSString).lastPathComponent)
+        }
+        var points = [split(path)]
+        let absolute = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+        var prefix = ""
+        for component in absolute.split(separator: "/") {
+            prefix += "/" + component
+            var status = stat()
+            if lstat(prefix, &status) == 0, status.st_mode & S_IFMT == S_IFLNK { points.append(split(prefix)) }
+        }
+        if let resolved = realpath(path, nil) {
+            defer { free(resolved) }
+            let real = String(cString: resolved)
+            if real != absolute { points.append(split(real)) }
+        }
+        return points
     }
 
     fileprivate func readEvents() {
@@ -65,6 +89,11 @@ final class FileWatcher {
             buffer.withUnsafeBytes { raw in
                 while offset + header <= count {
                     let descriptor = raw.loadUnaligned(fromByteOffset: offset, as: Int32.self)
+                    let mask = raw.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self)
+                    // Events were lost, or a watched folder went away: look at everything.
+                    if mask & UInt32(IN_Q_OVERFLOW | IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF) != 0 {
+                        relevant = true
+                    }
                     let nameLength = Int(raw.loadUnaligned(fromByteOffset: offset + 12, as: UInt32.self))
                     let nameBytes = raw[(offset + header)..<min(count, offset + header + nameLength)]
                     let name = String(decoding: nameBytes.prefix { $0 != 0 }, as: UTF8.self)

@@ -26,25 +26,46 @@ package enum FilePolicy {
         var warnings: [String] = []
         var folders: [String] = []
         for path in config.watchedFiles {
-            let folder = (path as NSString).deletingLastPathComponent
-            if !folders.contains(folder) { folders.append(folder) }
+            // The path as written and the file it resolves to: a link may lead somewhere weaker.
+            var paths = [path]
+            if let resolved = realpath(path, nil) {
+                paths.append(CText.string(resolved, or: path))
+                free(resolved)
+            }
+            for candidate in paths {
+                for folder in ancestors(of: candidate) where !folders.contains(folder) { folders.append(folder) }
+            }
             if let mode = mode(of: path), mode & 0o002 != 0 {
                 warnings.append(
                     "\(path): warning: world-writable (mode \(octal(mode))): anyone on this host can change what "
                         + "Ward trusts; chmod o-w it")
             }
         }
+        let parents = Set(config.watchedFiles.map { folderOf($0) })
         for folder in folders {
-            if let mode = mode(of: folder.isEmpty ? "." : folder), mode & 0o002 != 0 {
-                warnings.append(
-                    "\(folder.isEmpty ? "." : folder): warning: world-writable folder (mode \(octal(mode))): anyone on "
-                        + "this host can replace the files Ward reads from it; chmod o-w it")
-            }
+            guard let mode = mode(of: folder), mode & 0o002 != 0 else { continue }
+            // A sticky folder (/tmp) above the files protects the entries below it from others;
+            // one holding the files themselves still lets anyone add names next to them.
+            if mode & S_ISVTX != 0, !parents.contains(folder) { continue }
+            warnings.append(
+                "\(folder): warning: world-writable folder (mode \(octal(mode))): anyone on this host can replace "
+                    + "the files Ward reads below it; chmod o-w it")
         }
         if let mode = mode(of: config.identityKey.path), mode & 0o077 != 0 {
             warnings.append(
                 "\(config.identityKey.path): warning: private key \(config.identityKey.path) is readable by group "
                     + "or others (mode \(octal(mode))); chmod 600 it")
+        }
+        var holders: [String: [String]] = [:]
+        for bundle in snapshot.bundles {
+            for authority in bundle.authorities {
+                holders[authority.sha256Hex, default: []].append(bundle.trustDomain.name)
+            }
+        }
+        for (fingerprint, domains) in holders.sorted(by: { $0.key < $1.key }) where Set(domains).count > 1 {
+            warnings.append(
+                "\(config.configPath): warning: the same CA (sha256 \(fingerprint.prefix(16))…) is in the bundles of "
+                    + "\(Set(domains).sorted().joined(separator: " and ")): it can sign SVIDs for each")
         }
         for (bundle, file) in zip(snapshot.bundles, config.trustDomains.map(\.bundle)) {
             for authority in bundle.authorities {
@@ -61,6 +82,23 @@ package enum FilePolicy {
     }
 
     private static func octal(_ mode: mode_t) -> String { String(mode & 0o7777, radix: 8) }
+
+    private static func folderOf(_ path: String) -> String {
+        let folder = (path as NSString).deletingLastPathComponent
+        return folder.isEmpty ? "." : folder
+    }
+
+    /// Every folder above `path`, nearest first, up to `/` (or `.` for a relative path).
+    private static func ancestors(of path: String) -> [String] {
+        var folders: [String] = []
+        var current = folderOf(path)
+        while !folders.contains(current) {
+            folders.append(current)
+            if current == "/" || current == "." { break }
+            current = folderOf(current)
+        }
+        return folders
+    }
 
     static func mode(of path: String) -> mode_t? {
         var info = stat()

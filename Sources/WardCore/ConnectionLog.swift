@@ -37,6 +37,10 @@ public final class ConnectionLog: Sendable {
     private let state = Mutex(State())
     private let droppedTotal = Atomic<Int64>(0)
     private let reopenFailureTotal = Atomic<Int64>(0)
+    private let writeFailureTotal = Atomic<Int64>(0)
+    private let writeProblem = Mutex<String?>(nil)
+    /// Bytes a failed write left; the writer retries them before anything else. Writer thread.
+    private nonisolated(unsafe) var unwritten: [UInt8] = []
     /// Why the last reopen failed, until one succeeds (for `/healthz`).
     private let reopenProblem = Mutex<String?>(nil)
     private let wakeup = DispatchSemaphore(value: 0)
@@ -168,6 +172,12 @@ public final class ConnectionLog: Sendable {
 
     /// Sleeps until lines arrive, or until the next interval checkpoint is due.
     private func waitForLines() {
+        if !unwritten.isEmpty {
+            // Retry the write that failed once a second, traffic or not.
+            _ = wakeup.wait(timeout: .now() + .seconds(1))
+            flushUnwritten()
+            return
+        }
         guard let checkpoints, linesSinceCheckpoint > 0 else {
             wakeup.wait()
             return
@@ -230,24 +240,47 @@ public final class ConnectionLog: Sendable {
     /// Why the last reopen failed, or nil once one succeeded.
     public var lastReopenProblem: String? { reopenProblem.withLock { $0 } }
 
+    /// Writes `chunk` after anything an earlier write could not: a full disk or a failing
+    /// device leaves no half line and no hole in the chain, only a delay, up to
+    /// `maxUnwrittenBytes`; past that, new bytes are dropped and counted.
     private func write(_ chunk: String) {
-        var chunk = chunk
-        chunk.withUTF8 { bytes in
-            var offset = 0
-            while offset < bytes.count {
-                let written = Glibc.write(descriptor, bytes.baseAddress! + offset, bytes.count - offset)
-                if written < 0 {
-                    if errno == EINTR { continue }
-                    // The log is the audit trail: say so loudly, but keep serving.
-                    writeDiagnostic("ward: connection log write failed: \(CText.lastError)\n")
-                    return
-                }
-                offset += written
-            }
+        if unwritten.count + chunk.utf8.count > Self.maxUnwrittenBytes {
+            droppedTotal.add(Int64(chunk.utf8.reduce(0) { $0 + ($1 == 10 ? 1 : 0) }), ordering: .relaxed)
+            return
         }
+        unwritten.append(contentsOf: chunk.utf8)
+        flushUnwritten()
     }
 
-    /// SHA-256 of the last line of `path`, or nil if it has none.
+    static let maxUnwrittenBytes = 64 << 20
+
+    private func flushUnwritten() {
+        var offset = 0
+        defer { unwritten.removeFirst(offset) }
+        while offset < unwritten.count {
+            let written = unwritten.withUnsafeBytes {
+                Glibc.write(descriptor, $0.baseAddress! + offset, $0.count - offset)
+            }
+            if written < 0 {
+                if errno == EINTR { continue }
+                let reason = CText.lastError
+                writeFailureTotal.add(1, ordering: .relaxed)
+                writeProblem.withLock { $0 = reason }
+                // The log is the audit trail: say so loudly, keep the bytes, keep serving.
+                writeDiagnostic("ward: connection log write failed: \(reason); keeping the lines to retry\n")
+                return
+            }
+            offset += written
+        }
+        writeProblem.withLock { $0 = nil }
+    }
+
+    /// Failed writes since start, for `ward_log_write_failures_total`.
+    public var writeFailures: Int64 { writeFailureTotal.load(ordering: .relaxed) }
+
+    /// Why writing is failing now, or nil (for `/healthz`).
+    public var currentWriteProblem: String? { writeProblem.withLock { $0 } }
+
     /// What a chain continuing `path` needs from its last MiB: the last line's digest, the
     /// last checkpoint's sequence number, and how many lines follow that checkpoint. Nil for an
     /// empty or unreadable file.

@@ -141,11 +141,16 @@ public final class MetricsRegistry: Sendable {
         public var svidExpiry: Int64
         public var logDropped: Int64
         public var logReopenFailures: Int64
-        public init(generation: UInt64, svidExpiry: Int64, logDropped: Int64, logReopenFailures: Int64 = 0) {
+        public var logWriteFailures: Int64
+        public init(
+            generation: UInt64, svidExpiry: Int64, logDropped: Int64, logReopenFailures: Int64 = 0,
+            logWriteFailures: Int64 = 0
+        ) {
             self.generation = generation
             self.svidExpiry = svidExpiry
             self.logDropped = logDropped
             self.logReopenFailures = logReopenFailures
+            self.logWriteFailures = logWriteFailures
         }
     }
 
@@ -203,6 +208,10 @@ public final class MetricsRegistry: Sendable {
             "ward_log_reopen_failures_total", "counter",
             "Log reopens (SIGUSR1) that failed; lines kept going to the old file.")
         out.sample("ward_log_reopen_failures_total", [:], process.logReopenFailures)
+        out.header(
+            "ward_log_write_failures_total", "counter",
+            "Log writes that failed (disk full, I/O error); their lines are kept and retried.")
+        out.sample("ward_log_write_failures_total", [:], process.logWriteFailures)
         return out.text
     }
 
