@@ -94,10 +94,13 @@ class Ward:
         self.stderr_path = os.path.join(folder, "ward.stderr")
         self.process = None
 
-    def start(self):
+    def start(self, stdout=subprocess.DEVNULL, preexec_fn=None, wrap=None):
+        """`stdout` receives `log: "-"`; `preexec_fn` runs in the child (e.g. a lower RLIMIT_NOFILE);
+        `wrap` turns the ward command line into another (e.g. one run inside `unshare`)."""
         self.stderr = open(self.stderr_path, "w")
+        args = [WARD, "run", "--config", self.config_path]
         self.process = subprocess.Popen(
-            [WARD, "run", "--config", self.config_path], stdout=subprocess.DEVNULL, stderr=self.stderr)
+            wrap(args) if wrap else args, stdout=stdout, stderr=self.stderr, preexec_fn=preexec_fn)
         self.wait_for_stderr("ready:")
         return self
 

@@ -30,7 +30,8 @@ def _key(kind, rsa_bits=2048):
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def ca(name, issuer=None, days=30, uris=()):
+def ca(name, issuer=None, days=30, uris=(), not_before=None, not_after=None):
+    """A CA valid from `not_before` (default 5 minutes ago) until `not_after` (default `days` from now)."""
     key = _key("ec")
     builder = (
         x509.CertificateBuilder()
@@ -38,8 +39,8 @@ def ca(name, issuer=None, days=30, uris=()):
         .issuer_name(issuer.cert.subject if issuer else _name(name))
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - datetime.timedelta(minutes=5))
-        .not_valid_after(NOW + datetime.timedelta(days=days))
+        .not_valid_before(not_before or NOW - datetime.timedelta(minutes=5))
+        .not_valid_after(not_after or NOW + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(_key_usage(cert_sign=True), critical=True)
     )
