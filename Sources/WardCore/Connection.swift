@@ -58,6 +58,8 @@ final class Connection {
     /// The verification key (bundle and limits) of the peer's trust domain its chain was last
     /// verified under; a reload that keeps it needs no new chain verification.
     private var verifiedUnder: String?
+    /// The peer chain's fingerprint, computed at the first re-check that needs it, then kept.
+    private var chainFingerprint: String?
     private var decision: Decision?
     private var tlsVersion: String?
     private var cipher: String?
@@ -242,7 +244,8 @@ final class Connection {
         generation = worker.publication.generation
         let key = worker.snapshot.verificationKeys[peer.trustDomain]
         if key != verifiedUnder {
-            let fingerprint = TLSServerContext.peerChainFingerprint(of: ssl) ?? ""
+            let fingerprint = chainFingerprint ?? TLSServerContext.peerChainFingerprint(of: ssl) ?? ""
+            chainFingerprint = fingerprint
             let verdict: (ReasonCode, String?)?
             if let known = worker.chainVerdicts[fingerprint] {
                 verdict = known
