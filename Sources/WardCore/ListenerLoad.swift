@@ -10,13 +10,13 @@ package final class ListenerLoad: Sendable {
     }
 
     /// Counts a new connection unless the listener is full.
-    package func acquire(_ listener: Int, limit: Int) -> Bool {
+    func acquire(_ listener: Int, limit: Int) -> Bool {
         if counts[listener].wrappingIncrementThenLoad(ordering: .relaxed) <= limit { return true }
         counts[listener].wrappingDecrement(ordering: .relaxed)
         return false
     }
 
-    package func release(_ listener: Int) {
+    func release(_ listener: Int) {
         counts[listener].wrappingDecrement(ordering: .relaxed)
     }
 

@@ -6,7 +6,7 @@ import WardSystem
 /// Binds the listening sockets: one per worker per listener, all with SO_REUSEPORT so the
 /// kernel spreads accepts across workers.
 package enum ListenerSocket {
-    package static let backlog: Int32 = 1024
+    static let backlog: Int32 = 1024
 
     /// Fails with EADDRINUSE when anyone else holds the port, even another SO_REUSEPORT
     /// process of the same user, which a plain SO_REUSEPORT bind would silently join.

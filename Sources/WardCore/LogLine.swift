@@ -23,9 +23,8 @@ package struct LogLine {
         guard let value else { return }
         text += ",\""
         text += key
-        text += "\":\""
-        Self.escape(value, into: &text)
-        text += "\""
+        text += "\":"
+        Self.appendQuoted(value, to: &text)
     }
 
     package mutating func add(_ key: String, _ value: Int64?) {
@@ -41,25 +40,22 @@ package struct LogLine {
     }
 
     /// Adds `["a","b"]`.
-    package mutating func addStrings(_ key: String, _ values: [String]) {
+    mutating func addStrings(_ key: String, _ values: [String]) {
         text += ",\"\(key)\":["
         for (index, value) in values.enumerated() {
             if index > 0 { text += "," }
-            text += "\""
-            Self.escape(value, into: &text)
-            text += "\""
+            Self.appendQuoted(value, to: &text)
         }
         text += "]"
     }
 
     /// Adds `{"name":count,...}`, names sorted.
-    package mutating func addCounts(_ key: String, _ counts: [String: Int]) {
+    mutating func addCounts(_ key: String, _ counts: [String: Int]) {
         var object = "{"
         for (index, name) in counts.keys.sorted().enumerated() {
             if index > 0 { object += "," }
-            object += "\""
-            Self.escape(name, into: &object)
-            object += "\":\(counts[name] ?? 0)"
+            Self.appendQuoted(name, to: &object)
+            object += ":\(counts[name] ?? 0)"
         }
         text += ",\"\(key)\":\(object)}"
     }
@@ -71,7 +67,7 @@ package struct LogLine {
     }
 
     /// RFC 3339 UTC to the second, e.g. `2026-11-22T22:50:31Z`.
-    package static func rfc3339(epochSeconds: Int64) -> String {
+    static func rfc3339(epochSeconds: Int64) -> String {
         var time = ""
         appendTimestamp(timeval(tv_sec: Int(epochSeconds), tv_usec: 0), to: &time, milliseconds: false)
         return time
@@ -79,7 +75,14 @@ package struct LogLine {
 
     package func finish() -> String { text + "}\n" }
 
-    package static func escape(_ value: String, into out: inout String) {
+    /// A JSON string: `value` escaped, in quotes.
+    static func appendQuoted(_ value: String, to out: inout String) {
+        out += "\""
+        escape(value, into: &out)
+        out += "\""
+    }
+
+    static func escape(_ value: String, into out: inout String) {
         for scalar in value.unicodeScalars {
             switch scalar {
             case "\"": out += "\\\""

@@ -10,7 +10,7 @@ import WardSystem
 import WardTLS
 
 /// Connection ids are unique within the process; one atomic add per accepted connection.
-package let connectionIDs = Atomic<UInt64>(0)
+let connectionIDs = Atomic<UInt64>(0)
 
 /// One event loop on one thread, with its own listeners (SO_REUSEPORT), TLS context and
 /// connections. Everything here runs on the worker's thread except `start` and `requestStop`.
@@ -18,20 +18,20 @@ package final class Worker: @unchecked Sendable {
     // @unchecked: after `start`, all state is touched only on the worker thread; the one
     // cross-thread call, `requestStop`, goes through `event_active`, which libevent makes
     // thread-safe once `evthread_use_pthreads` ran.
-    package let index: Int
-    package let base: OpaquePointer
-    package let store: SnapshotStore
+    let index: Int
+    let base: OpaquePointer
+    let store: SnapshotStore
     /// The generation this worker serves; replaced on the worker thread only.
     private(set) var publication: Publication
-    package let log: ConnectionLog
-    package let logger: Logger
-    package let metrics: WorkerMetrics
+    let log: ConnectionLog
+    let logger: Logger
+    let metrics: WorkerMetrics
     /// Open connections per listener across all workers, for `max_connections`.
-    package let load: ListenerLoad
-    package var snapshot: RuntimeSnapshot { publication.snapshot }
-    package var tls: TLSServerContext { publication.contexts[index] }
+    let load: ListenerLoad
+    var snapshot: RuntimeSnapshot { publication.snapshot }
+    var tls: TLSServerContext { publication.contexts[index] }
     var handshakeTimeout: timeval { timeval(duration: snapshot.config.handshakeTimeout) }
-    package var idleTimeoutMilliseconds: Int64 { snapshot.config.idleTimeout.milliseconds }
+    var idleTimeoutMilliseconds: Int64 { snapshot.config.idleTimeout.milliseconds }
     var upstreamConnectTimeout: timeval { timeval(duration: snapshot.config.upstreamConnectTimeout) }
     private var listeners: [OpaquePointer] = []
     /// The owner of every open connection: removal is each connection's one release point.
@@ -188,7 +188,7 @@ package final class Worker: @unchecked Sendable {
     /// Takes the newest publication if there is one, and then re-checks every open connection
     /// against it, whatever called: an accept that adopts first must not skip the re-check.
     /// One atomic load when nothing was published.
-    package func adoptLatest() {
+    func adoptLatest() {
         guard store.generation != publication.generation else { return }
         publication = store.load()
         chainVerdicts = [:]
@@ -225,7 +225,7 @@ package final class Worker: @unchecked Sendable {
     }
 
     /// Longest a re-check slice may hold the loop before yielding to I/O.
-    package static let recheckSliceMicroseconds: Int64 = 2000
+    static let recheckSliceMicroseconds: Int64 = 2000
 
     /// Re-checks queued connections for up to `recheckSliceMicroseconds`, then yields to the
     /// loop and continues: a reload never stalls forwarding for long, however many are open.
@@ -299,7 +299,7 @@ package final class Worker: @unchecked Sendable {
     }
 
     /// The loop's cached clock, in milliseconds; no system call.
-    package var nowMilliseconds: Int64 {
+    var nowMilliseconds: Int64 {
         var time = timeval()
         event_base_gettimeofday_cached(base, &time)
         return Int64(time.tv_sec) * 1000 + Int64(time.tv_usec) / 1000
@@ -314,7 +314,7 @@ package final class Worker: @unchecked Sendable {
 
 package final class ListenerContext {
     unowned let worker: Worker
-    package let listenerIndex: Int
+    let listenerIndex: Int
     package init(worker: Worker, listenerIndex: Int) {
         self.worker = worker
         self.listenerIndex = listenerIndex
@@ -322,7 +322,7 @@ package final class ListenerContext {
 }
 
 package struct WorkerError: Error, CustomStringConvertible {
-    package var message: String
+    var message: String
     package init(message: String) { self.message = message }
     package var description: String { message }
 }
@@ -393,7 +393,7 @@ extension timeval {
 }
 
 extension Duration {
-    package var milliseconds: Int64 {
+    var milliseconds: Int64 {
         let (seconds, attoseconds) = components
         return seconds * 1000 + attoseconds / 1_000_000_000_000_000
     }
