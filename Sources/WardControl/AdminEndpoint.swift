@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import WardConfig
 import WardCore
+import WardPolicy
 import WardSystem
 
 /// Opens the admin endpoint's listening socket: a Unix socket (a stale file from a dead Ward is
@@ -17,6 +18,17 @@ enum AdminSocket {
         case .unix(let path):
             return try bindUnix(path)
         }
+    }
+
+    /// Whether a socket file is already at `path`; throws if something else is. Never unlink
+    /// what is not a socket: a mistyped `admin:` could name the config itself.
+    static func existingSocket(_ path: String) throws(SocketAddressError) -> Bool {
+        var status = stat()
+        guard lstat(path, &status) == 0 else { return false }
+        guard status.st_mode & S_IFMT == S_IFSOCK else {
+            throw SocketAddressError(message: "\(path) exists and is not a socket; Ward will not replace it")
+        }
+        return true
     }
 
     /// Resolves `hostPort` and refuses it unless it is a loopback address: a name such as
@@ -39,12 +51,7 @@ enum AdminSocket {
                 atPath: folder, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o750])
         }
         _ = try UnixSocketPath.withAddress(path) { _, _ in 0 }  // a path too long fails here, before any socket exists
-        var status = stat()
-        if lstat(path, &status) == 0, status.st_mode & S_IFMT != S_IFSOCK {
-            // Never unlink what is not a socket: a mistyped path could name the config itself.
-            throw SocketAddressError(message: "admin socket path \(path) exists and is not a socket")
-        }
-        if FileManager.default.fileExists(atPath: path) {
+        if try existingSocket(path) {
             let probe = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             let connected = try UnixSocketPath.withAddress(path) { connect(probe, $0, $1) }
             Glibc.close(probe)
@@ -206,15 +213,15 @@ final class AdminServer {
             guard let close = host.firstIndex(of: "]") else { return false }
             let port = host[host.index(after: close)...]
             guard port.isEmpty || port == ":\(bound.port)" else { return false }
-            return host[host.index(after: host.startIndex)..<close] == "::1"
+            let literal = IPAddress(parsing: host[host.index(after: host.startIndex)..<close])
+            return literal.map { !$0.isIPv4 && $0.isLoopback } ?? false
         }
         if let colon = host.lastIndex(of: ":") {
             guard host[host.index(after: colon)...] == "\(bound.port)" else { return false }
             host = host[..<colon]
         }
         if host == "localhost" || host == bound.host.lowercased() { return true }
-        var address = in_addr()
-        return host.hasPrefix("127.") && inet_pton(AF_INET, String(host), &address) == 1
+        return IPAddress(parsing: host)?.isLoopback == true
     }
 
     /// 200 while every listener accepts and the own SVID has more than `svid_min_remaining` left.

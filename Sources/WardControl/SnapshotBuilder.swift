@@ -78,12 +78,10 @@ public enum SnapshotBuilder {
         }
 
         if case .unix(let path) = config.admin {
-            var status = stat()
-            if lstat(path, &status) == 0, status.st_mode & S_IFMT != S_IFSOCK {
-                problems.append(
-                    ConfigProblem(
-                        file: config.configPath, line: nil,
-                        message: "admin: \(path) exists and is not a socket; Ward will not replace it"))
+            do {
+                _ = try AdminSocket.existingSocket(path)
+            } catch {
+                problems.append(ConfigProblem(file: config.configPath, line: nil, message: "admin: \(error)"))
             }
         }
         // The name was checked when the config was read; what it resolves to is what binds.

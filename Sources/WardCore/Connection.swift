@@ -269,8 +269,11 @@ final class Connection {
 
     /// With `peer_expiry: close`, a timer for the moment the peer's SVID expires: a connection
     /// must not outlive the identity that opened it.
+    /// When the peer's authentication ends: the earliest notAfter of its verified chain.
+    private var authenticatedUntil: Int64? { check.validUntil ?? check.notAfter }
+
     private func armExpiry() {
-        guard worker.snapshot.config.peerExpiry == .close, let notAfter = check.validUntil ?? check.notAfter else {
+        guard worker.snapshot.config.peerExpiry == .close, let notAfter = authenticatedUntil else {
             if let expiryTimer { event_del(expiryTimer) }
             return
         }
@@ -281,8 +284,7 @@ final class Connection {
     }
 
     fileprivate func expiryFired() {
-        guard state == .connectingUpstream || state == .forwarding, let notAfter = check.validUntil ?? check.notAfter
-        else { return }
+        guard state == .connectingUpstream || state == .forwarding, let notAfter = authenticatedUntil else { return }
         // A wall clock stepped back since arming: wait for the rest.
         if Int64(worker.now.tv_sec) < notAfter {
             armExpiry()

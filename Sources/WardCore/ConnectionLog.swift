@@ -123,10 +123,8 @@ public final class ConnectionLog: Sendable {
 
     private func writeLoop() {
         while true {
-            if let checkpoints, linesSinceCheckpoint > 0,
-                linesSinceCheckpoint >= checkpoints.everyLines
-                    || ContinuousClock.now - lastCheckpoint >= checkpoints.interval
-            {
+            // Count-triggered checkpoints are written as lines are; this one is time-triggered.
+            if let checkpoints, linesSinceCheckpoint > 0, ContinuousClock.now - lastCheckpoint >= checkpoints.interval {
                 checkpoint("interval")
             }
             let (batch, dropped, closed, reopen) = state.withLock { state in

@@ -88,12 +88,12 @@ enum SealChecker {
             return .invalid("certificate does not name the signer \(seal.signer)")
         }
         guard let authorities else { return .valid }
-        guard let time = ISO8601DateFormatter.parse(seal.timestamp) else { return .invalid("bad timestamp") }
+        guard let time = LogChain.epochMilliseconds(seal.timestamp) else { return .invalid("bad timestamp") }
         do {
             let verifier = try SVIDVerifier(
                 bundles: [TrustBundle(trustDomain: signer.trustDomain, authorities: authorities)],
                 policy: SVIDLeafPolicy(role: .server, maximumLifetimeSeconds: .max))
-            if case .failure(let error) = verifier.verifyOwn(chain: chain, at: Int64(time.timeIntervalSince1970)) {
+            if case .failure(let error) = verifier.verifyOwn(chain: chain, at: time / 1000) {
                 return .invalid("signer certificate: \(error)")
             }
             return .valid
