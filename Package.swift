@@ -33,7 +33,8 @@ let package = Package(
             name: "WardConfig",
             dependencies: ["WardIdentity", "WardPolicy", "WardSystem", .product(name: "Yams", package: "Yams")]
         ),
-        .target(name: "WardTLS", dependencies: ["WardIdentity", "WardSystem", "COpenSSL", "CWardShims"]),
+        .target(name: "WardIO", dependencies: ["WardSystem", "CLibevent"]),
+        .target(name: "WardTLS", dependencies: ["WardIdentity", "WardSystem", "WardIO", "COpenSSL", "CWardShims"]),
         .target(
             name: "WardObservability",
             dependencies: ["WardIdentity", "WardPolicy", .product(name: "Atomics", package: "swift-atomics")]
@@ -41,8 +42,8 @@ let package = Package(
         .target(
             name: "WardCore",
             dependencies: [
-                "WardIdentity", "WardPolicy", "WardConfig", "WardTLS", "WardObservability", "WardSystem", "COpenSSL",
-                "CLibevent",
+                "WardIdentity", "WardPolicy", "WardConfig", "WardTLS", "WardIO", "WardObservability", "WardSystem",
+                "COpenSSL", "CLibevent",
                 "CWardShims", .product(name: "Logging", package: "swift-log"),
                 .product(name: "Atomics", package: "swift-atomics"),
             ]
@@ -69,6 +70,7 @@ let package = Package(
         .executableTarget(
             name: "ward-bench", dependencies: ["WardPolicy", "WardIdentity", "WardCore"], path: "Sources/WardBench"),
         .testTarget(name: "WardIdentityTests", dependencies: ["WardIdentity"]),
+        .testTarget(name: "WardIOTests", dependencies: ["WardIO", "CLibevent"]),
         .testTarget(name: "WardPolicyTests", dependencies: ["WardPolicy", "WardIdentity"]),
         .testTarget(
             name: "WardObservabilityTests", dependencies: ["WardObservability", "WardPolicy", "WardIdentity"]

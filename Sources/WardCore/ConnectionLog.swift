@@ -5,9 +5,10 @@ import WardObservability
 import WardSystem
 import WardTLS
 
-/// The connection log: workers hand finished lines to `append`, which never blocks on I/O; a
-/// dedicated thread writes them. The queue is bounded: when the writer falls behind, lines are
-/// dropped, counted, and a `log_dropped` record says how many once writing catches up.
+/// The connection log: workers hand finished lines to their own `LogQueue`, which never blocks
+/// on I/O and is shared with no other worker; a dedicated thread writes them. Each queue is
+/// bounded: when the writer falls behind, lines are dropped, counted, and a `log_dropped` record
+/// says how many once writing catches up.
 ///
 /// With `chain`, the writer adds `"prev"`, the SHA-256 of the previous line's bytes (without its
 /// newline), to every line, across reopen and restart, and writes signed `checkpoint` lines
@@ -28,13 +29,15 @@ public final class ConnectionLog: Sendable {
     public static let defaultCapacity = 65_536
 
     private struct State {
-        var pending: [String] = []
-        var dropped: Int64 = 0
         var closed = false
         var reopen = false
     }
 
     private let state = Mutex(State())
+    /// Every producer's queue; appended at start-up (a worker's) and read by the writer.
+    private let queues: Mutex<[LogQueue]>
+    /// For lines from threads without a queue of their own (the control plane).
+    private let shared: LogQueue
     private let droppedTotal = Atomic<Int64>(0)
     private let reopenFailureTotal = Atomic<Int64>(0)
     private let writeFailureTotal = Atomic<Int64>(0)
@@ -66,6 +69,9 @@ public final class ConnectionLog: Sendable {
         self.chain = chain
         self.checkpoints = chain ? checkpoints : nil
         self.capacity = capacity
+        let shared = LogQueue(capacity: capacity, wakeup: wakeup)
+        self.shared = shared
+        queues = Mutex([shared])
         descriptor = try Self.open(path)
         // A chain continues from the last line already in the file.
         let tail = chain ? Self.tail(path) : nil
@@ -86,25 +92,23 @@ public final class ConnectionLog: Sendable {
         return fd
     }
 
-    /// Queues one finished line. Safe from any thread; takes a short lock, never waits for I/O.
-    /// A line that is not `essential` (a failed handshake's) is dropped once the queue is half
-    /// full, so a flood of them never crowds out allow, deny, revoke and close lines.
+    /// A queue of its own for one producer thread (a worker): appending takes only that queue's
+    /// lock, which the writer alone shares, so workers never wait on each other to log.
+    public func makeQueue() -> LogQueue {
+        let queue = LogQueue(capacity: capacity, wakeup: wakeup)
+        queues.withLock { $0.append(queue) }
+        return queue
+    }
+
+    /// Queues one finished line from a thread without a queue of its own. Never waits for I/O.
     public func append(_ line: String, essential: Bool = true) {
-        let wake = state.withLock { state -> Bool in
-            guard !state.closed else { return false }
-            guard state.pending.count < (essential ? capacity : capacity / 2) else {
-                state.dropped += 1
-                droppedTotal.add(1, ordering: .relaxed)
-                return false
-            }
-            state.pending.append(line)
-            return state.pending.count == 1
-        }
-        if wake { wakeup.signal() }
+        shared.append(line, essential: essential)
     }
 
     /// Lines dropped since start, for `ward_log_dropped_total`.
-    public var dropped: Int64 { droppedTotal.load(ordering: .relaxed) }
+    public var dropped: Int64 {
+        droppedTotal.load(ordering: .relaxed) + queues.withLock { $0.reduce(0) { $0 + $1.dropped } }
+    }
 
     /// Closes and reopens the file by name (after logrotate moved it). Any thread; the writer
     /// does it between two batches, so no line is lost or split.
@@ -116,6 +120,7 @@ public final class ConnectionLog: Sendable {
     /// Writes everything queued, then stops the writer. Blocks: call at shutdown only.
     public func close() {
         state.withLock { $0.closed = true }
+        for queue in queues.withLock({ $0 }) { queue.close() }
         wakeup.signal()
         finished.wait()
         if descriptor != STDOUT_FILENO { Glibc.close(descriptor) }
@@ -127,13 +132,16 @@ public final class ConnectionLog: Sendable {
             if let checkpoints, linesSinceCheckpoint > 0, ContinuousClock.now - lastCheckpoint >= checkpoints.interval {
                 checkpoint("interval")
             }
-            let (batch, dropped, closed, reopen) = state.withLock { state in
-                let taken = (state.pending, state.dropped, state.closed, state.reopen)
-                state.pending = []
-                state.pending.reserveCapacity(64)
-                state.dropped = 0
-                state.reopen = false
-                return taken
+            let (closed, reopen) = state.withLock { state in
+                defer { state.reopen = false }
+                return (state.closed, state.reopen)
+            }
+            var batch: [String] = []
+            var dropped: Int64 = 0
+            for queue in queues.withLock({ $0 }) {
+                let (lines, lost) = queue.take()
+                batch += lines
+                dropped += lost
             }
             if reopen { reopenFile() }
             if batch.isEmpty && dropped == 0 {
@@ -307,6 +315,60 @@ public final class ConnectionLog: Sendable {
         var time = timeval()
         gettimeofday(&time, nil)
         return time
+    }
+}
+
+/// One producer's bounded queue of finished lines to the log writer.
+public final class LogQueue: Sendable {
+    private struct Pending {
+        var lines: [String] = []
+        var dropped: Int64 = 0
+        var closed = false
+    }
+
+    private let pending = Mutex(Pending())
+    private let capacity: Int
+    private let wakeup: DispatchSemaphore
+    private let droppedTotal: Atomic<Int64>
+
+    fileprivate init(capacity: Int, wakeup: DispatchSemaphore) {
+        self.capacity = capacity
+        self.wakeup = wakeup
+        self.droppedTotal = Atomic(0)
+    }
+
+    /// Queues one finished line. A line that is not `essential` (a failed handshake's) is
+    /// dropped once the queue is half full, so a flood of them never crowds out allow, deny,
+    /// revoke and close lines.
+    public func append(_ line: String, essential: Bool = true) {
+        let wake = pending.withLock { pending -> Bool in
+            guard !pending.closed else { return false }
+            guard pending.lines.count < (essential ? capacity : capacity / 2) else {
+                pending.dropped += 1
+                droppedTotal.add(1, ordering: .relaxed)
+                return false
+            }
+            pending.lines.append(line)
+            return pending.lines.count == 1
+        }
+        if wake { wakeup.signal() }
+    }
+
+    /// Lines this queue dropped since start.
+    var dropped: Int64 { droppedTotal.load(ordering: .relaxed) }
+
+    fileprivate func take() -> (lines: [String], dropped: Int64) {
+        pending.withLock { pending in
+            defer {
+                pending.lines = []
+                pending.dropped = 0
+            }
+            return (pending.lines, pending.dropped)
+        }
+    }
+
+    fileprivate func close() {
+        pending.withLock { $0.closed = true }
     }
 }
 

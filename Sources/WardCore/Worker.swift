@@ -21,21 +21,12 @@ package final class Worker: @unchecked Sendable {
     let index: Int
     let base: OpaquePointer
     let store: SnapshotStore
-    /// The generation this worker serves; replaced on the worker thread only.
-    private(set) var publication: Publication
-    let log: ConnectionLog
     let logger: Logger
-    let metrics: WorkerMetrics
-    /// Open connections per listener across all workers, for `max_connections`.
-    let load: ListenerLoad
-    var snapshot: RuntimeSnapshot { publication.snapshot }
-    var tls: TLSServerContext { publication.contexts[index] }
-    var handshakeTimeout: timeval { timeval(duration: snapshot.config.handshakeTimeout) }
-    var idleTimeoutMilliseconds: Int64 { snapshot.config.idleTimeout.milliseconds }
-    var upstreamConnectTimeout: timeval { timeval(duration: snapshot.config.upstreamConnectTimeout) }
+    /// What this worker's connections share (publication, buffers, log queue, counters).
+    let loop: LoopState
+    var snapshot: RuntimeSnapshot { loop.snapshot }
+    var metrics: WorkerMetrics { loop.metrics }
     private var listeners: [OpaquePointer] = []
-    /// The owner of every open connection: removal is each connection's one release point.
-    var connections: [UInt64: Connection] = [:]
     private var stopEvent: OpaquePointer?
     private let stopped = DispatchSemaphore(value: 0)
     private var closeListenersEvent: OpaquePointer?
@@ -45,13 +36,6 @@ package final class Worker: @unchecked Sendable {
     private var recheckEvent: OpaquePointer?
     /// Connections still to re-check against the current publication.
     private var recheckQueue: [UInt64] = []
-    /// Chain verdicts of the current re-check pass by peer chain fingerprint (nil: still valid):
-    /// connections presenting the same chain, as the replicas of one workload do, are verified
-    /// once per publication instead of once each.
-    var chainVerdicts: [String: (ReasonCode, String?)?] = [:]
-    /// Bounds `handshake_error` lines per source; `throttleEvent` writes the summaries.
-    private var throttle = LogThrottle()
-    private var throttleEvent: OpaquePointer?
     /// Work other threads hand to this loop (admin queries); drained by `taskEvent`. Once the
     /// loop has stopped, `accepting` is false and no task is queued, so nobody waits forever.
     private let tasks = Mutex<(queue: [@Sendable () -> Void], accepting: Bool)>(([], true))
@@ -62,15 +46,13 @@ package final class Worker: @unchecked Sendable {
         index: Int, store: SnapshotStore, sockets: [Int32], log: ConnectionLog, metrics: WorkerMetrics,
         load: ListenerLoad, logger: Logger
     ) throws {
-        self.metrics = metrics
-        self.load = load
         guard let base = event_base_new() else { throw WorkerError(message: "event_base_new failed") }
         self.index = index
         self.base = base
         self.store = store
-        self.publication = store.load()
-        self.log = log
         self.logger = logger
+        self.loop = LoopState(
+            workerIndex: index, base: base, store: store, log: log.makeQueue(), metrics: metrics, load: load)
         let context = Unmanaged.passUnretained(self).toOpaque()
         for (listenerIndex, fd) in sockets.enumerated() {
             // The listener context packs the worker and the listener index; the worker outlives it.
@@ -89,7 +71,6 @@ package final class Worker: @unchecked Sendable {
         taskEvent = event_new(base, -1, Int16(EV_PERSIST), taskCallback, context)
         closeListenersEvent = event_new(base, -1, Int16(EV_PERSIST), closeListenersCallback, context)
         recheckEvent = event_new(base, -1, 0, recheckCallback, context)
-        throttleEvent = event_new(base, -1, 0, throttleCallback, context)
     }
 
     private var listenerContexts: [ListenerContext] = []
@@ -100,7 +81,8 @@ package final class Worker: @unchecked Sendable {
         if let taskEvent { event_free(taskEvent) }
         if let closeListenersEvent { event_free(closeListenersEvent) }
         if let recheckEvent { event_free(recheckEvent) }
-        if let throttleEvent { event_free(throttleEvent) }
+        // The loop state's events (throttle, lingering sockets) go before their base.
+        loop.lingering.closeAll()
         event_base_free(base)
     }
 
@@ -139,12 +121,13 @@ package final class Worker: @unchecked Sendable {
     fileprivate func shutDown() {
         for listener in listeners { evconnlistener_free(listener) }
         listeners.removeAll()
-        for connection in Array(connections.values) { connection.close(cause: .shutdown) }
+        for connection in Array(loop.connections.values) { connection.close(cause: .shutdown) }
+        loop.lingering.closeAll()
         event_base_loopexit(base, nil)
     }
 
     /// What `GET /connections` shows of this worker's connections. Worker thread only.
-    package var connectionInfos: [ConnectionInfo] { connections.values.map(\.info) }
+    package var connectionInfos: [ConnectionInfo] { loop.connections.values.map(\.info) }
 
     /// Whether the loop is running (for `/healthz`).
     package var isRunning: Bool { running.load(ordering: .acquiring) }
@@ -189,39 +172,12 @@ package final class Worker: @unchecked Sendable {
     /// against it, whatever called: an accept that adopts first must not skip the re-check.
     /// One atomic load when nothing was published.
     func adoptLatest() {
-        guard store.generation != publication.generation else { return }
-        publication = store.load()
-        chainVerdicts = [:]
+        guard store.generation != loop.generation else { return }
+        loop.publication = store.load()
+        loop.chainVerdicts = [:]
         // Connections decided under this generation skip themselves, so queueing all is safe.
-        recheckQueue = Array(connections.keys)
+        recheckQueue = Array(loop.connections.keys)
         runRecheckSlice()
-    }
-
-    /// Writes a `handshake_error` line unless its source has used up its lines for now; those
-    /// it has not are summed into a `handshake_error_suppressed` line after the window.
-    func logHandshakeError(_ line: LogLine, source: IPAddress?, reason: ReasonCode) {
-        if throttle.admit(source, reason: reason.rawValue, now: nowMilliseconds) {
-            log.append(line.finish(), essential: false)
-        }
-        if event_pending(throttleEvent, Int16(EV_TIMEOUT), nil) == 0 {
-            var window = timeval(tv_sec: 0, tv_usec: Int(throttle.windowMilliseconds) * 1000)
-            event_add(throttleEvent, &window)
-        }
-    }
-
-    fileprivate func flushThrottle() {
-        for report in throttle.drain(now: nowMilliseconds) {
-            var line = LogLine(event: "handshake_error_suppressed", connection: nil, timestamp: now)
-            line.add("peer_ip", report.source?.description ?? "*")
-            line.add("suppressed", Int64(report.count))
-            line.add("window_ms", throttle.windowMilliseconds)
-            line.addCounts("reasons", report.reasons)
-            log.append(line.finish())
-        }
-        if !throttle.isEmpty {
-            var window = timeval(tv_sec: 0, tv_usec: Int(throttle.windowMilliseconds) * 1000)
-            event_add(throttleEvent, &window)
-        }
     }
 
     /// Longest a re-check slice may hold the loop before yielding to I/O.
@@ -233,7 +189,7 @@ package final class Worker: @unchecked Sendable {
         let deadline = monotonicMicroseconds() + Self.recheckSliceMicroseconds
         // A chain verification costs about 150 µs: the clock (vDSO) is read after each one.
         while let id = recheckQueue.popLast() {
-            connections[id]?.recheck()
+            loop.connections[id]?.recheck()
             if monotonicMicroseconds() >= deadline { break }
         }
         if !recheckQueue.isEmpty {
@@ -244,7 +200,7 @@ package final class Worker: @unchecked Sendable {
 
     fileprivate func accept(fd: Int32, address: UnsafeMutablePointer<sockaddr>, length: Int32, listenerIndex: Int) {
         adoptLatest()
-        guard load.acquire(listenerIndex, limit: snapshot.config.maxConnections) else {
+        guard loop.load.acquire(listenerIndex, limit: snapshot.config.maxConnections) else {
             refuseFull(fd: fd, address: address, length: length, listenerIndex: listenerIndex)
             return
         }
@@ -253,8 +209,8 @@ package final class Worker: @unchecked Sendable {
         let id = connectionIDs.wrappingAdd(1, ordering: .relaxed).newValue
         let peer = SocketAddress(address, length: socklen_t(length))
         let connection = Connection(
-            id: id, worker: self, listenerIndex: listenerIndex, peerAddress: peer.description, peerIP: peer.ipAddress)
-        connections[id] = connection
+            id: id, loop: loop, listenerIndex: listenerIndex, peerAddress: peer.description, peerIP: peer.ipAddress)
+        loop.connections[id] = connection
         connection.start(fd: fd)
     }
 
@@ -290,25 +246,12 @@ package final class Worker: @unchecked Sendable {
         metrics.handshakeError(listener: listenerIndex, reason: ReasonCode.listenerFull.index)
         let id = connectionIDs.wrappingAdd(1, ordering: .relaxed).newValue
         let peer = SocketAddress(address, length: socklen_t(length))
-        var line = LogLine(event: "handshake_error", connection: id, timestamp: now)
+        var line = LogLine(event: "handshake_error", connection: id, timestamp: loop.now)
         line.add("listener", snapshot.listeners[listenerIndex].name)
         line.add("peer_addr", peer.description)
         line.add("reason", ReasonCode.listenerFull.rawValue)
         line.add("detail", "max_connections (\(snapshot.config.maxConnections)) reached")
-        logHandshakeError(line, source: peer.ipAddress, reason: .listenerFull)
-    }
-
-    /// The loop's cached clock, in milliseconds; no system call.
-    var nowMilliseconds: Int64 {
-        var time = timeval()
-        event_base_gettimeofday_cached(base, &time)
-        return Int64(time.tv_sec) * 1000 + Int64(time.tv_usec) / 1000
-    }
-
-    var now: timeval {
-        var time = timeval()
-        event_base_gettimeofday_cached(base, &time)
-        return time
+        loop.logHandshakeError(line, source: peer.ipAddress, reason: .listenerFull)
     }
 }
 
@@ -365,12 +308,6 @@ private let reloadCallback: @convention(c) (Int32, Int16, UnsafeMutableRawPointe
     _, _, context in
     guard let context else { return }
     Unmanaged<Worker>.fromOpaque(context).takeUnretainedValue().adoptLatest()
-}
-
-private let throttleCallback: @convention(c) (Int32, Int16, UnsafeMutableRawPointer?) -> Void = {
-    _, _, context in
-    guard let context else { return }
-    Unmanaged<Worker>.fromOpaque(context).takeUnretainedValue().flushThrottle()
 }
 
 private let recheckCallback: @convention(c) (Int32, Int16, UnsafeMutableRawPointer?) -> Void = {

@@ -23,6 +23,9 @@ public enum ReasonCode: String, Error, Sendable, CaseIterable {
     case listenerFull = "listener_full"
     case certTooLarge = "cert_too_large"
     case weakCrypto = "weak_crypto"
+    /// A handshake message other than the peer's Certificate over OpenSSL's limit (an oversized
+    /// ClientHello, for instance); an oversized Certificate is `cert_too_large`.
+    case handshakeTooLarge = "handshake_too_large"
 
     /// Position in `allCases`, for per-reason counters.
     public var index: Int { Self.allCases.firstIndex(of: self)! }

@@ -53,11 +53,20 @@ public final class TLSServerContext {
         // Idle connections give their 34 KiB of record buffers back.
         _ = WardShim_SSL_CTX_set_mode(context, Int(SSL_MODE_RELEASE_BUFFERS))
         // Tickets only when resumption is on: unused ones cost about 30% of a handshake (measured, OpenSSL 3.0).
-        // Resumption is stateful: TLS 1.3 tickets that name a session kept in this context's
-        // cache. A stateless ticket would make OpenSSL 3.0 decode the peer certificate again on
-        // every resumption, which costs more than the handshake it saves (measured).
-        _ = WardShim_SSL_CTX_set_session_cache_mode(
-            context, Int(resumption ? SSL_SESS_CACHE_SERVER : SSL_SESS_CACHE_OFF))
+        // Resumption is stateful: TLS 1.3 tickets that name a session kept in the process-wide
+        // `SessionCache`, so any worker resumes it. A stateless ticket would make OpenSSL 3.0
+        // decode the peer certificate again on every resumption, which costs more than the
+        // handshake it saves (measured).
+        if resumption {
+            _ = WardShim_SSL_CTX_set_session_cache_mode(
+                context,
+                Int(SSL_SESS_CACHE_SERVER | SSL_SESS_CACHE_NO_INTERNAL_LOOKUP | SSL_SESS_CACHE_NO_INTERNAL_STORE))
+            SessionCache.shared.attach(to: context)
+        } else {
+            _ = WardShim_SSL_CTX_set_session_cache_mode(context, Int(SSL_SESS_CACHE_OFF))
+        }
+        // With read-ahead (set per stream), one recv may bring this much: several records.
+        SSL_CTX_set_default_read_buffer_len(context, TLSStream.readBufferSize)
         _ = SSL_CTX_set_num_tickets(context, resumption ? 1 : 0)
         _ = SSL_CTX_set_timeout(context, Self.sessionLifetimeSeconds)
         // Sessions made with client verification may only resume in the same context id.
@@ -93,9 +102,9 @@ public final class TLSServerContext {
 
     /// Verifies the certificate chain an established session's peer presented against this
     /// context's trust bundles, as after a reload. Returns the refusal reason, or nil if still valid.
-    public func reverifyPeer(of session: OpaquePointer) -> (ReasonCode, String?)? {
+    public func reverifyPeer(of stream: TLSStream) -> (ReasonCode, String?)? {
         let check = PeerCheck()
-        guard verifyPeer(of: session, into: check) else { return (check.reason ?? .untrustedChain, check.detail) }
+        guard verifyPeer(of: stream, into: check) else { return (check.reason ?? .untrustedChain, check.detail) }
         return nil
     }
 
@@ -103,43 +112,19 @@ public final class TLSServerContext {
     /// a reload, and for a resumed session, whose peer sent no certificate this time. Expiry is
     /// checked against the current time.
     @discardableResult
-    public func verifyPeer(of session: OpaquePointer, into check: PeerCheck) -> Bool {
-        guard let leaf = SSL_get0_peer_certificate(session) else {
+    public func verifyPeer(of stream: TLSStream, into check: PeerCheck) -> Bool {
+        guard let leaf = SSL_get0_peer_certificate(stream.ssl) else {
             check.reason = .noClientCert
             return false
         }
         // On a server the peer chain excludes the leaf: exactly the untrusted intermediates. A
-        // resumed session comes from this context's cache, which kept the chain of its first handshake.
-        let intermediates = SSL_get_peer_cert_chain(session)
+        // resumed session comes from the session cache, which kept the chain of its first handshake.
+        let intermediates = SSL_get_peer_cert_chain(stream.ssl)
         return verifierReference.takeUnretainedValue().verify(leaf: leaf, untrusted: intermediates, into: check) == nil
-    }
-
-    /// SHA-256 over the DER of the certificates an established session's peer presented, leaf
-    /// first: peers with equal fingerprints verify alike against the same bundle at the same time.
-    public static func peerChainFingerprint(of session: OpaquePointer) -> String? {
-        guard let leaf = SSL_get0_peer_certificate(session) else { return nil }
-        var parts = [Certificate(borrowing: leaf).der]
-        if let chain = SSL_get_peer_cert_chain(session) {
-            for index in 0..<OPENSSL_sk_num(chain) {
-                guard let certificate = OPENSSL_sk_value(chain, index) else { continue }
-                parts.append(Certificate(borrowing: OpaquePointer(certificate)).der)
-            }
-        }
-        return Digest.sha256Hex(lengthPrefixed: parts)
     }
 
     /// How long a cached session may be resumed: short, since its peer is re-verified anyway.
     public static let sessionLifetimeSeconds = 3600
-
-    /// Whether the handshake resumed a session (no certificate was sent this time).
-    public static func isResumed(_ session: OpaquePointer) -> Bool { SSL_session_reused(session) == 1 }
-
-    /// A new `SSL` for one accepted connection, wired to `check`.
-    public func makeSession(check: PeerCheck) -> OpaquePointer? {
-        guard let ssl = SSL_new(context) else { return nil }
-        SSL_set_ex_data(ssl, peerCheckIndex, Unmanaged.passUnretained(check).toOpaque())
-        return ssl
-    }
 }
 
 /// Replaces OpenSSL's chain building: the SVID picks its own trust domain's store.

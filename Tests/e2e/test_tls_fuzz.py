@@ -81,11 +81,12 @@ def test_renegotiation_and_key_update_floods(fuzz):
 @pytest.mark.parametrize("version,message", [("1.2", 15), ("1.3", 20)])
 def test_oversized_message_other_than_the_certificate_is_not_cert_too_large(fuzz, version, message):
     # A CertificateVerify (1.2) or Finished (1.3) whose length field claims 64 KiB: OpenSSL says
-    # "excessive message size", but the certificate was fine: cert_too_large would mislead.
+    # "excessive message size", but the certificate was fine: cert_too_large would mislead, and
+    # handshake_too_large names what happened.
     plan = Plan(f"TLS {version} message {message} with length 00 ff ff", version, expect="refused",
                 flight=lambda s, ms: [tlsfuzz.set_bytes(m, 1, b"\x00\xff\xff") if m[0] == message else m
                                       for m in ms])
     session, outcome = fuzz.one(plan)
     assert outcome.startswith("closed"), outcome
     errors = [r for r in fuzz.target.logged(session, "handshake_error") if r["event"] == "handshake_error"]
-    assert errors and errors[0]["reason"] == "tls_error", errors
+    assert errors and errors[0]["reason"] == "handshake_too_large", errors

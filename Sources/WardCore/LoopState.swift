@@ -1,0 +1,103 @@
+internal import CLibevent
+import Glibc
+import WardIO
+import WardIdentity
+import WardObservability
+import WardPolicy
+import WardTLS
+
+/// What a worker's connections share: the publication the loop serves, its scratch buffers, its
+/// log queue, counters and clock. One per worker; loop thread only (after start).
+final class LoopState {
+    let workerIndex: Int
+    let base: OpaquePointer
+    let store: SnapshotStore
+    /// The generation this loop serves; replaced on the loop thread only (`Worker.adoptLatest`).
+    var publication: Publication
+    let log: LogQueue
+    let metrics: WorkerMetrics
+    /// Open connections per listener across all workers, for `max_connections`.
+    let load: ListenerLoad
+    let buffers = LoopBuffers()
+    let lingering: Lingering
+    /// The owner of every open connection: removal is each connection's one release point.
+    var connections: [UInt64: Connection] = [:]
+    /// Chain verdicts of the current re-check pass by peer chain fingerprint (nil: still valid):
+    /// connections presenting the same chain, as the replicas of one workload do, are verified
+    /// once per publication instead of once each.
+    var chainVerdicts: [String: (ReasonCode, String?)?] = [:]
+    /// Bounds `handshake_error` lines per source; `throttleEvent` writes the summaries.
+    private var throttle = LogThrottle()
+    private var throttleEvent: OpaquePointer?
+
+    init(
+        workerIndex: Int, base: OpaquePointer, store: SnapshotStore, log: LogQueue, metrics: WorkerMetrics,
+        load: ListenerLoad
+    ) {
+        self.workerIndex = workerIndex
+        self.base = base
+        self.store = store
+        self.publication = store.load()
+        self.log = log
+        self.metrics = metrics
+        self.load = load
+        self.lingering = Lingering(base: base)
+        throttleEvent = event_new(base, -1, 0, throttleCallback, Unmanaged.passUnretained(self).toOpaque())
+    }
+
+    deinit {
+        if let throttleEvent { event_free(throttleEvent) }
+    }
+
+    var snapshot: RuntimeSnapshot { publication.snapshot }
+    var tls: TLSServerContext { publication.contexts[workerIndex] }
+    var generation: UInt64 { publication.generation }
+    var handshakeTimeout: timeval { timeval(duration: snapshot.config.handshakeTimeout) }
+    var idleTimeoutMilliseconds: Int64 { snapshot.config.idleTimeout.milliseconds }
+    var upstreamConnectTimeout: timeval { timeval(duration: snapshot.config.upstreamConnectTimeout) }
+
+    /// The loop's cached clock, in milliseconds; no system call.
+    var nowMilliseconds: Int64 {
+        let time = now
+        return Int64(time.tv_sec) * 1000 + Int64(time.tv_usec) / 1000
+    }
+
+    var now: timeval {
+        var time = timeval()
+        event_base_gettimeofday_cached(base, &time)
+        return time
+    }
+
+    /// Writes a `handshake_error` line unless its source has used up its lines for now; those
+    /// it has not are summed into a `handshake_error_suppressed` line after the window.
+    func logHandshakeError(_ line: LogLine, source: IPAddress?, reason: ReasonCode) {
+        if throttle.admit(source, reason: reason.rawValue, now: nowMilliseconds) {
+            log.append(line.finish(), essential: false)
+        }
+        if event_pending(throttleEvent, Int16(EV_TIMEOUT), nil) == 0 {
+            var window = timeval(tv_sec: 0, tv_usec: Int(throttle.windowMilliseconds) * 1000)
+            event_add(throttleEvent, &window)
+        }
+    }
+
+    fileprivate func flushThrottle() {
+        for report in throttle.drain(now: nowMilliseconds) {
+            var line = LogLine(event: "handshake_error_suppressed", connection: nil, timestamp: now)
+            line.add("peer_ip", report.source?.description ?? "*")
+            line.add("suppressed", Int64(report.count))
+            line.add("window_ms", throttle.windowMilliseconds)
+            line.addCounts("reasons", report.reasons)
+            log.append(line.finish())
+        }
+        if !throttle.isEmpty {
+            var window = timeval(tv_sec: 0, tv_usec: Int(throttle.windowMilliseconds) * 1000)
+            event_add(throttleEvent, &window)
+        }
+    }
+}
+
+private let throttleCallback: @convention(c) (Int32, Int16, UnsafeMutableRawPointer?) -> Void = {
+    _, _, context in
+    guard let context else { return }
+    Unmanaged<LoopState>.fromOpaque(context).takeUnretainedValue().flushThrottle()
+}
