@@ -105,6 +105,12 @@ open class EventedSocket {
         return output.isEmpty && code == 0
     }
 
+    /// Sends FIN: the peer reads the end of the stream; reading goes on.
+    public func shutdownWrite() {
+        guard !isClosed else { return }
+        shutdown(fd, Int32(SHUT_WR))
+    }
+
     /// Frees the events and closes the descriptor. Idempotent.
     public func closeSocket() {
         guard !isClosed else { return }

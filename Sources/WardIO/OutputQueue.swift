@@ -1,3 +1,4 @@
+internal import CLibevent
 import Glibc
 
 /// Bytes the kernel would not take yet, in one contiguous heap block that exists only while

@@ -76,6 +76,6 @@ public final class SocketStream: EventedSocket, ByteStream {
     private func finishIfRequested() {
         guard finishRequested, !writeShut, !isClosed else { return }
         writeShut = true
-        shutdown(fd, Int32(SHUT_WR))
+        shutdownWrite()
     }
 }

@@ -241,7 +241,7 @@ public final class TLSStream: EventedSocket, ByteStream {
     private func finishIfRequested() {
         guard finishRequested, !writeShut, !isClosed else { return }
         writeShut = true
-        shutdown(fd, Int32(SHUT_WR))
+        shutdownWrite()
     }
 
     // MARK: The staging BIO
