@@ -34,8 +34,17 @@ struct Admission {
     ) -> Verdict {
         if stream.isResumed {
             generation = loop.generation
-            guard loop.tls.verifyPeer(of: stream, into: check) else {
-                return .refused(check.reason ?? .untrustedChain, check.detail, nil)
+            // Verified when the session was made, under the same bundle and limits, and not
+            // expired since: nothing a second verification could find. Otherwise verify again.
+            let record = stream.sessionRecord
+            let restored =
+                record?.restore(
+                    into: check, currentKey: record.flatMap { loop.snapshot.verificationKeys[$0.id.trustDomain] },
+                    now: Int64(loop.now.tv_sec)) ?? false
+            if !restored {
+                guard loop.tls.verifyPeer(of: stream, into: check) else {
+                    return .refused(check.reason ?? .untrustedChain, check.detail, nil)
+                }
             }
         }
         guard let peer = check.id else {

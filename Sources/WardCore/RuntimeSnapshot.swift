@@ -59,7 +59,7 @@ public struct RuntimeSnapshot: Sendable {
     package func makeTLSContext() throws -> TLSServerContext {
         let verifier = try SVIDVerifier(
             bundles: bundles, policy: leafPolicy, maxChainDepth: config.maxChainDepth,
-            securityLevel: config.securityLevel)
+            securityLevel: config.securityLevel, verificationKeys: verificationKeys)
         return try TLSServerContext(
             identity: identity, verifier: verifier, resumption: config.resumption, maxCertSize: config.maxCertSize)
     }

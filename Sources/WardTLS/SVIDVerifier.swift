@@ -14,7 +14,15 @@ public final class SVIDVerifier {
     /// OpenSSL security level applied to every chain: key sizes and signature digests.
     public let securityLevel: Int32
 
-    public init(bundles: [TrustBundle], policy: SVIDLeafPolicy, maxChainDepth: Int = 5, securityLevel: Int = 2) throws {
+    /// Per trust domain, a key naming its bundle and the limits above: a session verified under
+    /// a key is not verified again on resumption while the key stays the same (`SessionRecord`).
+    public let verificationKeys: [TrustDomain: String]
+
+    public init(
+        bundles: [TrustBundle], policy: SVIDLeafPolicy, maxChainDepth: Int = 5, securityLevel: Int = 2,
+        verificationKeys: [TrustDomain: String] = [:]
+    ) throws {
+        self.verificationKeys = verificationKeys
         self.maxChainDepth = maxChainDepth
         self.securityLevel = Int32(securityLevel)
         var stores: [TrustDomain: OpaquePointer] = [:]

@@ -142,5 +142,11 @@ private let spiffeVerifyCallback: @convention(c) (OpaquePointer?, UnsafeMutableR
         X509_STORE_CTX_set_error(storeContext, error)
         return 0
     }
+    // Remembered with the session before any ticket shares it (`SessionRecord`).
+    if let id = check.id, let key = verifier.verificationKeys[id.trustDomain],
+        let session = SSL_get_session(OpaquePointer(ssl))
+    {
+        SessionRecord(check: check, id: id, key: key).attach(to: session)
+    }
     return 1
 }

@@ -126,6 +126,8 @@ public final class TLSStream: EventedSocket, ByteStream {
     // MARK: What the handshake established
 
     public var isResumed: Bool { SSL_session_reused(ssl) == 1 }
+    /// What verification established when this session was first made, if it was recorded.
+    public var sessionRecord: SessionRecord? { SSL_get_session(ssl).flatMap(SessionRecord.attached(to:)) }
     public var protocolVersion: String? { CText.optional(SSL_get_version(ssl)) }
     public var cipher: String? {
         guard let current = SSL_get_current_cipher(ssl) else { return nil }

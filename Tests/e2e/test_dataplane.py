@@ -1,6 +1,7 @@
 """End to end: the built ward, real TLS clients, real upstreams on loopback. One scenario each."""
 import hashlib
 import os
+import shutil
 import socket
 import ssl
 import subprocess
@@ -240,6 +241,66 @@ def test_tls13_resumption_is_verified_and_decided_again(certs, tmp_path):
         except (ssl.SSLError, OSError):
             data = b""
         assert data == b""
+    finally:
+        ward.stop()
+        upstream.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_resumed_session_is_verified_again_after_its_bundle_changed(certs, tmp_path, workers):
+    # A resumed session skips chain verification only while its trust domain's bundle and
+    # Ward's limits are the ones it was verified under; a new bundle verifies it again.
+    import harness as h
+    upstream = h.Upstream("echo-line")
+    listen = h.free_port()
+    rules = "rules:\n  - {name: web, action: allow, from: [spiffe://example.org/ns/prod/sa/web], to: [svc]}\n"
+    pki = os.path.join(str(tmp_path), "pki")
+    shutil.copytree(certs["dir"], pki)
+    config = h.config(pki, [("svc", listen, upstream.port)], "resumption: on\n").replace(
+        "workers: 2", f"workers: {workers}")
+    ward = h.Ward(str(tmp_path), config, rules).start()
+    try:
+        # web's SVID comes from a second CA of example.org; the bundle holds both CAs.
+        import pki as p
+        second = p.ca("example.org second root")
+        web = p.write(p.leaf(second, ["spiffe://example.org/ns/prod/sa/web"]), pki, "web-second")
+        bundle = os.path.join(pki, "example.org.bundle.pem")
+        original = open(bundle, "rb").read()
+        with open(bundle, "ab") as out:
+            out.write(second.cert.public_bytes(Encoding.PEM))
+        assert subprocess.run([h.WARD, "reload", "--config", ward.config_path], capture_output=True).returncode == 0
+        ctx = context(certs)
+        ctx.load_cert_chain(web.cert_path, web.key_path)
+
+        def connect(session=None):
+            with socket.create_connection(("127.0.0.1", listen), timeout=10) as raw:
+                with ctx.wrap_socket(raw, session=session) as tls:
+                    tls.sendall(b"again\n")
+                    data = tls.recv(64)
+                    return data, tls.session, tls.session_reused, tls.getsockname()[1]
+
+        data, session, reused, _ = connect()
+        assert data == b"echo: again\n" and not reused
+        resumed = 0
+        for _ in range(6):
+            data, session, reused, _ = connect(session)
+            assert data == b"echo: again\n"
+            resumed += reused
+        assert resumed >= 5
+        # The second CA leaves the bundle: web's chain no longer verifies.
+        with open(bundle + ".new", "wb") as out:
+            out.write(original)
+        os.replace(bundle + ".new", bundle)
+        mark = ward.mark()
+        assert subprocess.run([h.WARD, "reload", "--config", ward.config_path], capture_output=True).returncode == 0
+        for _ in range(4):
+            try:
+                data, _, _, port = connect(session)
+            except (ssl.SSLError, OSError):
+                data = b""
+            assert data == b""
+        record = ward.wait_for(mark, event="handshake_error")
+        assert record["reason"] == "untrusted_chain", record
     finally:
         ward.stop()
         upstream.close()
