@@ -129,6 +129,7 @@ final class Connection: TLSHandshakeDelegate, SpliceDelegate {
             loop.log.append(line.finish())
         }
         guard decision.letsThrough else {
+            stream.forgetSession()
             stream.sendCloseNotify()
             release(linger: true)
             return
@@ -260,8 +261,10 @@ final class Connection: TLSHandshakeDelegate, SpliceDelegate {
         case .finished(let first):
             close(cause: first == .client ? .client : .upstream)
         case .failed(_, let detail):
+            // One side aborted: the other must not read what it got as the whole stream, so no
+            // close_notify to the client and a reset, not FIN, to both.
             closeDetail = detail
-            close(cause: .error)
+            close(cause: .error, abort: true)
         }
     }
 
@@ -294,8 +297,9 @@ final class Connection: TLSHandshakeDelegate, SpliceDelegate {
 
     // MARK: Closing
 
-    /// Ends an allowed connection: logs `close`, sends close_notify, frees everything.
-    func close(cause: CloseCause) {
+    /// Ends an allowed connection: logs `close`, sends close_notify, frees everything. With
+    /// `abort`, both sockets are reset instead and the client gets no close_notify.
+    func close(cause: CloseCause, abort: Bool = false) {
         guard state != .closed else { return }
         if state == .handshaking {
             failHandshake(.tlsError, detail: "closed by \(cause.rawValue)")
@@ -311,7 +315,12 @@ final class Connection: TLSHandshakeDelegate, SpliceDelegate {
         loop.log.append(line.finish())
         if counted { loop.metrics.active(listener: listenerIndex, -1) }
         if cause == .revoked { loop.metrics.revoked() }
-        stream?.sendCloseNotify()
+        if abort {
+            upstream?.abort()
+            stream?.abort()
+        } else {
+            stream?.sendCloseNotify()
+        }
         release(linger: cause != .shutdown)
     }
 
@@ -327,7 +336,7 @@ final class Connection: TLSHandshakeDelegate, SpliceDelegate {
         splice = nil
         upstream?.closeSocket()
         upstream = nil
-        if let stream {
+        if let stream, !stream.isClosed {
             if linger { loop.lingering.close(stream.detachSocket()) } else { stream.closeSocket() }
         }
         stream = nil

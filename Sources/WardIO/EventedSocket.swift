@@ -111,6 +111,15 @@ open class EventedSocket {
         shutdown(fd, Int32(SHUT_WR))
     }
 
+    /// Closes with a reset instead of FIN: the peer must not read a truncated stream as a
+    /// complete one when the other side of the splice aborted.
+    public func abort() {
+        guard !isClosed else { return }
+        var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+        closeSocket()
+    }
+
     /// Frees the events and closes the descriptor. Idempotent.
     public func closeSocket() {
         guard !isClosed else { return }

@@ -31,6 +31,10 @@ public final class Splice: ByteStreamDelegate {
 
     /// Reads per wakeup before yielding to the loop's other connections.
     static let batchesPerWakeup = 16
+    /// A stream stops being read while this much of its own output waits: reading a TLS peer
+    /// can make Ward answer it (KeyUpdate, alerts), and a peer that never reads must not make
+    /// those answers pile up. Above one batch, so forwarding alone never reaches it.
+    public static let maxOwnQueue = 2 * LoopBuffers.plaintextSize
 
     public let client: any ByteStream
     public let upstream: any ByteStream
@@ -70,23 +74,25 @@ public final class Splice: ByteStreamDelegate {
             finish(.failed(side: side, detail: failure))
             return
         }
-        guard stream.queuedBytes == 0 else { return }
-        switch side {
-        case .upstream:
-            if clientPaused && !clientDone {
-                clientPaused = false
-                client.resumeReading()
-                pump(from: .client)
-            }
-        case .client:
-            if upstreamDone {
-                finish(.finished(first: firstCloser ?? .upstream))
-            } else if upstreamPaused {
-                upstreamPaused = false
-                upstream.resumeReading()
-                pump(from: .upstream)
-            }
+        if side == .client && upstreamDone && client.queuedBytes == 0 {
+            finish(.finished(first: firstCloser ?? .upstream))
+            return
         }
+        // A drained stream may unblock either direction: the one writing to it (its queue was
+        // in the way) and its own reading (its own answers were).
+        resumeIfReady(.client)
+        resumeIfReady(.upstream)
+    }
+
+    private func resumeIfReady(_ side: Side) {
+        guard !isFinished, side == .client ? clientPaused && !clientDone : upstreamPaused && !upstreamDone else {
+            return
+        }
+        let (source, target) = side == .client ? (client, upstream) : (upstream, client)
+        guard target.queuedBytes == 0, source.queuedBytes <= Self.maxOwnQueue else { return }
+        if side == .client { clientPaused = false } else { upstreamPaused = false }
+        source.resumeReading()
+        pump(from: side)
     }
 
     private func pump(from side: Side) {
@@ -94,7 +100,7 @@ public final class Splice: ByteStreamDelegate {
         var batches = 0
         while !isFinished {
             if side == .client ? clientDone : upstreamDone { return }
-            guard target.queuedBytes == 0 else {
+            guard target.queuedBytes == 0, source.queuedBytes <= Self.maxOwnQueue else {
                 source.pauseReading()
                 if side == .client { clientPaused = true } else { upstreamPaused = true }
                 return

@@ -7,7 +7,8 @@ import Synchronization
 /// One lock, taken once when a session is stored and once per resumption attempt, for a hash
 /// lookup: a few hundred nanoseconds beside a handshake of hundreds of microseconds. OpenSSL's
 /// own cache takes its context's lock on the same two paths. Oldest sessions are evicted first
-/// past `capacity`; OpenSSL drops expired ones as it finds them (`sessionLifetimeSeconds`).
+/// past `capacity` sessions or `byteBudget` estimated bytes; OpenSSL drops expired ones as it
+/// finds them (`sessionLifetimeSeconds`).
 final class SessionCache: @unchecked Sendable {
     // @unchecked: the SSL_SESSION pointers are reference-counted by OpenSSL (atomically) and
     // only touched under `state`'s lock here.
@@ -44,39 +45,72 @@ final class SessionCache: @unchecked Sendable {
         let pointer: OpaquePointer
     }
 
-    private struct State {
-        var sessions: [Key: Session] = [:]
-        /// Insertion order, for evicting the oldest: a ring of `capacity` slots.
-        var order: [Key?]
-        var next = 0
+    private struct Entry {
+        var session: Session
+        var cost: Int
     }
 
+    private struct State {
+        var sessions: [Key: Entry] = [:]
+        /// Insertion order, oldest first: a ring of `capacity` slots from `oldest`.
+        var order: [Key?]
+        var oldest = 0
+        var queued = 0
+        var bytes = 0
+    }
+
+    /// Sessions kept at most.
     let capacity: Int
+    /// Estimated bytes kept at most: a session holds its peer's parsed certificate chain.
+    let byteBudget: Int
+    /// A session whose encoding (peer certificate included) is larger is not kept: peers with
+    /// huge certificates do full handshakes rather than crowd out everyone else's sessions.
+    static let maxSessionBytes = 8 * 1024
     private let state: Mutex<State>
 
-    init(capacity: Int) {
+    init(capacity: Int, byteBudget: Int = 64 << 20) {
         self.capacity = capacity
+        self.byteBudget = byteBudget
         state = Mutex(State(order: Array(repeating: nil, count: capacity)))
     }
 
     var count: Int { state.withLock { $0.sessions.count } }
+    var estimatedBytes: Int { state.withLock { $0.bytes } }
 
     /// Keeps `session` (taking over the caller's reference).
     func store(_ session: OpaquePointer) {
         var length: UInt32 = 0
-        guard let key = Key(SSL_SESSION_get_id(session, &length), Int(length)) else {
+        let encoded = Int(i2d_SSL_SESSION(session, nil))
+        guard let key = Key(SSL_SESSION_get_id(session, &length), Int(length)), encoded > 0,
+            encoded <= Self.maxSessionBytes
+        else {
             SSL_SESSION_free(session)
             return
         }
+        // Parsed certificates take several times their DER (measured: about 4x).
+        let cost = encoded * 4 + 2048
         let evicted: [Session] = state.withLock { state in
             var evicted: [Session] = []
-            if let old = state.sessions.updateValue(Session(pointer: session), forKey: key) { evicted.append(old) }
-            if let oldest = state.order[state.next], oldest != key, let old = state.sessions.removeValue(forKey: oldest)
-            {
-                evicted.append(old)
+            if let old = state.sessions.removeValue(forKey: key) {
+                evicted.append(old.session)
+                state.bytes -= old.cost
             }
-            state.order[state.next] = key
-            state.next = (state.next + 1) % capacity
+            // Oldest first, until there is room in slots and bytes.
+            while state.queued > 0 && (state.queued == capacity || state.bytes + cost > byteBudget) {
+                let slot = state.oldest
+                state.oldest = (state.oldest + 1) % capacity
+                state.queued -= 1
+                guard let oldest = state.order[slot] else { continue }
+                state.order[slot] = nil
+                if let old = state.sessions.removeValue(forKey: oldest) {
+                    evicted.append(old.session)
+                    state.bytes -= old.cost
+                }
+            }
+            state.sessions[key] = Entry(session: Session(pointer: session), cost: cost)
+            state.order[(state.oldest + state.queued) % capacity] = key
+            state.queued += 1
+            state.bytes += cost
             return evicted
         }
         for session in evicted { SSL_SESSION_free(session.pointer) }
@@ -86,10 +120,10 @@ final class SessionCache: @unchecked Sendable {
     func find(_ id: UnsafePointer<UInt8>?, length: Int) -> OpaquePointer? {
         guard let key = Key(id, length) else { return nil }
         let found = state.withLock { state -> Session? in
-            guard let session = state.sessions[key] else { return nil }
+            guard let entry = state.sessions[key] else { return nil }
             // Referenced under the lock: an eviction on another thread cannot free it first.
-            SSL_SESSION_up_ref(session.pointer)
-            return session
+            SSL_SESSION_up_ref(entry.session.pointer)
+            return entry.session
         }
         return found?.pointer
     }
@@ -98,8 +132,11 @@ final class SessionCache: @unchecked Sendable {
         var length: UInt32 = 0
         guard let key = Key(SSL_SESSION_get_id(session, &length), Int(length)) else { return }
         let removed = state.withLock { state -> Session? in
-            guard let stored = state.sessions[key], stored.pointer == session else { return nil }
-            return state.sessions.removeValue(forKey: key)
+            guard let stored = state.sessions[key], stored.session.pointer == session else { return nil }
+            state.sessions[key] = nil
+            state.bytes -= stored.cost
+            // Its slot in `order` stays until eviction reaches it; the key no longer resolves.
+            return stored.session
         }
         if let removed { SSL_SESSION_free(removed.pointer) }
     }

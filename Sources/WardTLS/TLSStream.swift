@@ -126,6 +126,13 @@ public final class TLSStream: EventedSocket, ByteStream {
     // MARK: What the handshake established
 
     public var isResumed: Bool { SSL_session_reused(ssl) == 1 }
+    /// Takes this connection's session out of the resumption cache: a peer the rules refused
+    /// leaves nothing behind to resume (it would be decided again, but costs memory meanwhile).
+    public func forgetSession() {
+        guard let session = SSL_get_session(ssl) else { return }
+        SSL_CTX_remove_session(SSL_get_SSL_CTX(ssl), session)
+    }
+
     /// What verification established when this session was first made, if it was recorded.
     public var sessionRecord: SessionRecord? { SSL_get_session(ssl).flatMap(SessionRecord.attached(to:)) }
     public var protocolVersion: String? { CText.optional(SSL_get_version(ssl)) }
@@ -177,6 +184,10 @@ public final class TLSStream: EventedSocket, ByteStream {
         let error = SSL_get_error(ssl, result)
         // Reading may have queued an alert or a key-update answer.
         flushStaged()
+        if let streamFailure {
+            ERR_clear_error()
+            return .failed(streamFailure)
+        }
         switch error {
         case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE:
             return .wouldBlock
@@ -248,23 +259,36 @@ public final class TLSStream: EventedSocket, ByteStream {
 
     // MARK: The staging BIO
 
+    /// Past this much queued output the peer is not reading what Ward sends it. Forwarding
+    /// never queues more than one batch (`Splice`); only answers Ward owes a peer that keeps
+    /// talking without reading (KeyUpdate, alerts to renegotiation attempts) get here.
+    public static let maxQueuedOutput = 256 * 1024
+
     /// OpenSSL wrote `length` bytes of records: gather them for one send, keeping order with
-    /// anything already queued.
-    fileprivate func absorb(_ data: UnsafeRawPointer, _ length: Int) {
+    /// anything already queued. False when the peer has stopped reading for too long: the write
+    /// fails, which ends the OpenSSL call (it would otherwise go on reading and answering).
+    fileprivate func absorb(_ data: UnsafeRawPointer, _ length: Int) -> Bool {
+        guard streamFailure == nil else { return false }
         let bytes = UnsafeRawBufferPointer(start: data, count: length)
         if !output.isEmpty || sendError != 0 {
             send(bytes)
-            return
+            if output.count > Self.maxQueuedOutput {
+                streamFailure = "the peer does not read what Ward sends (\(output.count) bytes queued)"
+                output.release()
+                return false
+            }
+            return true
         }
         if staging.count + length > staging.capacity {
             flushStaged()
             if !output.isEmpty || length > staging.capacity {
                 send(bytes)
-                return
+                return true
             }
         }
         memcpy(staging.base + staging.count, data, length)
         staging.count += length
+        return true
     }
 
     /// Sends what OpenSSL wrote during the last call: the staging buffer is empty again after.
@@ -300,7 +324,8 @@ private let stagingWrite:
     @convention(c) (OpaquePointer?, UnsafePointer<CChar>?, Int, UnsafeMutablePointer<Int>?) -> Int32 = {
         bio, data, length, written in
         guard let bio, let data, let pointer = BIO_get_data(bio) else { return 0 }
-        Unmanaged<TLSStream>.fromOpaque(pointer).takeUnretainedValue().absorb(UnsafeRawPointer(data), length)
+        let stream = Unmanaged<TLSStream>.fromOpaque(pointer).takeUnretainedValue()
+        guard stream.absorb(UnsafeRawPointer(data), length) else { return 0 }
         written?.pointee = length
         return 1
     }
