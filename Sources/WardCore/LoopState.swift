@@ -45,8 +45,12 @@ final class LoopState {
         throttleEvent = event_new(base, -1, 0, throttleCallback, Unmanaged.passUnretained(self).toOpaque())
     }
 
-    deinit {
+    /// Frees this state's events; the worker calls it before freeing their base.
+    func freeEvents() {
+        for connection in Array(connections.values) { connection.close(cause: .shutdown) }
+        lingering.closeAll()
         if let throttleEvent { event_free(throttleEvent) }
+        throttleEvent = nil
     }
 
     var snapshot: RuntimeSnapshot { publication.snapshot }

@@ -81,8 +81,8 @@ package final class Worker: @unchecked Sendable {
         if let taskEvent { event_free(taskEvent) }
         if let closeListenersEvent { event_free(closeListenersEvent) }
         if let recheckEvent { event_free(recheckEvent) }
-        // The loop state's events (throttle, lingering sockets) go before their base.
-        loop.lingering.closeAll()
+        // The loop state's events (connections, throttle, lingering sockets) go before their base.
+        loop.freeEvents()
         event_base_free(base)
     }
 

@@ -225,7 +225,11 @@ def test_upstream_reset_does_not_reach_the_client_as_close_notify(certs, tmp_pat
         got, how = b"", None
         while how is None:
             try:
-                got += tls.read(65536)
+                data = tls.read(65536)
+                if not data:  # an SSLObject reads b"" once close_notify came (EOF alone: SSLEOFError)
+                    how = "close_notify"
+                    break
+                got += data
                 if len(got) == len(response):
                     sent.set()
                 continue
