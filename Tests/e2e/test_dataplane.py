@@ -208,6 +208,15 @@ def test_tls11_client_is_refused(env):
     assert record["reason"] == "protocol_version"
 
 
+def echo_again(listen, ctx, session=None):
+    """One echo, offering `session`: (answer, the new session, whether it resumed, local port)."""
+    with socket.create_connection(("127.0.0.1", listen), timeout=10) as raw:
+        with ctx.wrap_socket(raw, session=session) as tls:
+            tls.sendall(b"again\n")
+            data = tls.recv(64)
+            return data, tls.session, tls.session_reused, tls.getsockname()[1]
+
+
 def test_tls13_resumption_is_verified_and_decided_again(certs, tmp_path):
     import harness as h
     upstream = h.Upstream("echo-line")
@@ -220,11 +229,7 @@ def test_tls13_resumption_is_verified_and_decided_again(certs, tmp_path):
         ctx = context(certs, "web")
 
         def connect(session=None):
-            with socket.create_connection(("127.0.0.1", listen), timeout=10) as raw:
-                with ctx.wrap_socket(raw, session=session) as tls:
-                    tls.sendall(b"again\n")
-                    data = tls.recv(64)
-                    return data, tls.session, tls.session_reused, tls.getsockname()[1]
+            return echo_again(listen, ctx, session)
 
         mark = ward.mark()
         data, session, reused, _ = connect()
@@ -273,11 +278,7 @@ def test_resumed_session_is_verified_again_after_its_bundle_changed(certs, tmp_p
         ctx.load_cert_chain(web.cert_path, web.key_path)
 
         def connect(session=None):
-            with socket.create_connection(("127.0.0.1", listen), timeout=10) as raw:
-                with ctx.wrap_socket(raw, session=session) as tls:
-                    tls.sendall(b"again\n")
-                    data = tls.recv(64)
-                    return data, tls.session, tls.session_reused, tls.getsockname()[1]
+            return echo_again(listen, ctx, session)
 
         data, session, reused, _ = connect()
         assert data == b"echo: again\n" and not reused
