@@ -227,6 +227,17 @@ public enum ConfigLoader {
             }
             let listen = address("listen")
             let upstream = address("upstream")
+            var proxyProtocol: ListenerConfig.ProxyProtocol?
+            if let node = map.take("proxy_protocol"),
+                let text = node.string("proxy_protocol", file: file, problems: &problems)
+            {
+                proxyProtocol = ListenerConfig.ProxyProtocol(rawValue: text)
+                if proxyProtocol == nil {
+                    problems.append(
+                        ConfigProblem(
+                            file: file, line: node.line, message: "proxy_protocol '\(text)' must be v2"))
+                }
+            }
             map.finish(in: "listener", problems: &problems)
             guard let name, let listen, let upstream else { continue }
             if name == "*" {
@@ -244,7 +255,7 @@ public enum ConfigLoader {
             lines[name] = nameNode?.line ?? 0
             listeners.append(
                 ListenerConfig(
-                    name: name, listen: listen, upstream: upstream,
+                    name: name, listen: listen, upstream: upstream, proxyProtocol: proxyProtocol,
                     location: SourceLocation(file: file, line: nameNode?.line ?? item.line)))
         }
         return listeners

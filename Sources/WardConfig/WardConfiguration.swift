@@ -42,9 +42,16 @@ public struct HostPort: Sendable, Equatable, CustomStringConvertible {
 }
 
 public struct ListenerConfig: Sendable, Equatable {
+    /// What the upstream receives before the client's bytes (`proxy_protocol`).
+    public enum ProxyProtocol: String, Sendable, Equatable {
+        case v2
+    }
+
     public var name: String
     public var listen: HostPort
     public var upstream: HostPort
+    /// Nil: the upstream receives the client's bytes only.
+    public var proxyProtocol: ProxyProtocol? = nil
     /// Where the listener is written, for warnings about it.
     public var location: SourceLocation
 }

@@ -99,7 +99,7 @@ public enum SnapshotBuilder {
                 listeners.append(
                     ResolvedListener(
                         name: listener.name, listen: try SocketAddress.resolve(listener.listen),
-                        upstream: try SocketAddress.resolve(listener.upstream)))
+                        upstream: try SocketAddress.resolve(listener.upstream), proxyProtocol: listener.proxyProtocol))
             } catch {
                 problems.append(
                     ConfigProblem(file: config.configPath, line: nil, message: "listener \(listener.name): \(error)"))

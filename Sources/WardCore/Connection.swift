@@ -242,6 +242,21 @@ final class Connection: TLSHandshakeDelegate, SpliceDelegate {
         lastActivity = loop.nowMilliseconds
         let idle = loop.idleTimeoutMilliseconds
         arm(timer, timeval(tv_sec: Int(idle / 1000), tv_usec: Int(idle % 1000) * 1000))
+        if loop.snapshot.listeners[listenerIndex].proxyProtocol == .v2 {
+            // Before any byte of the client's: who connected, over what, as which workload.
+            guard let source = SocketAddress.peer(of: stream.fd)?.proxyAddress,
+                let destination = SocketAddress.local(of: stream.fd)?.proxyAddress,
+                let header = ProxyHeader(
+                    source: source, destination: destination, tlsVersion: tlsVersion, cipher: cipher,
+                    spiffeID: check.id?.description
+                ).encoded()
+            else {
+                closeDetail = "no PROXY v2 header for this connection's addresses"
+                close(cause: .error)
+                return
+            }
+            header.withUnsafeBytes { _ = upstream.write($0) }
+        }
         let splice = Splice(client: stream, upstream: upstream, buffer: loop.buffers.plaintext)
         self.splice = splice
         splice.delegate = self

@@ -10,11 +10,15 @@ public struct ResolvedListener: Sendable {
     public var name: String
     public var listen: SocketAddress
     public var upstream: SocketAddress
+    public var proxyProtocol: ListenerConfig.ProxyProtocol?
 
-    package init(name: String, listen: SocketAddress, upstream: SocketAddress) {
+    package init(
+        name: String, listen: SocketAddress, upstream: SocketAddress, proxyProtocol: ListenerConfig.ProxyProtocol? = nil
+    ) {
         self.name = name
         self.listen = listen
         self.upstream = upstream
+        self.proxyProtocol = proxyProtocol
     }
 }
 

@@ -1,6 +1,7 @@
 internal import CLibevent
 import Glibc
 import WardConfig
+import WardIO
 import WardPolicy
 import WardSystem
 
@@ -76,6 +77,41 @@ public struct SocketAddress: Sendable, CustomStringConvertible {
             }
             return nil
         }
+    }
+
+    /// The address as a PROXY v2 header carries it: raw address bytes and the port.
+    var proxyAddress: ProxyHeader.Address? {
+        withUnsafeBytes(of: storage) { raw -> ProxyHeader.Address? in
+            if family == AF_INET {
+                let address = raw.load(as: sockaddr_in.self)
+                let bytes = withUnsafeBytes(of: address.sin_addr) { Array($0) }
+                return .ipv4(bytes, port: UInt16(bigEndian: address.sin_port))
+            } else if family == AF_INET6 {
+                let address = raw.load(as: sockaddr_in6.self)
+                let bytes = withUnsafeBytes(of: address.sin6_addr) { Array($0) }
+                return .ipv6(bytes, port: UInt16(bigEndian: address.sin6_port))
+            }
+            return nil
+        }
+    }
+
+    /// The local address of a connected socket (for an accepted one: the listener's address).
+    static func local(of fd: Int32) -> SocketAddress? { named(fd, getsockname) }
+
+    /// The remote address of a connected socket.
+    static func peer(of fd: Int32) -> SocketAddress? { named(fd, getpeername) }
+
+    private static func named(
+        _ fd: Int32, _ query: (Int32, UnsafeMutablePointer<sockaddr>, UnsafeMutablePointer<socklen_t>) -> Int32
+    ) -> SocketAddress? {
+        var address = SocketAddress()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let result = withUnsafeMutablePointer(to: &address.storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { query(fd, $0, &length) }
+        }
+        guard result == 0 else { return nil }
+        address.length = length
+        return address
     }
 
     /// `1.2.3.4:5` or `[::1]:5`.

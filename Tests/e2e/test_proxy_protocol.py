@@ -1,0 +1,138 @@
+"""PROXY protocol v2 towards the upstream (`proxy_protocol: v2` on a listener): before any byte of
+the client's, the upstream reads a v2 header with the client's and the listener's addresses, the
+TLS version and cipher (PP2_TYPE_SSL) and the client's SPIFFE ID (TLV 0xE0). The upstream here is a
+strict parser written from HAProxy's specification, independent of Ward's encoder."""
+import hashlib
+import os
+import socket
+import ssl
+import struct
+import subprocess
+import threading
+
+import harness
+from clients import context
+
+WEB = "spiffe://example.org/ns/prod/sa/web"
+RULES = f"default: deny\nrules:\n  - name: web\n    action: allow\n    from: [{WEB}]\n    to: [svc]\n"
+SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def read_exactly(conn, count):
+    data = b""
+    while len(data) < count:
+        chunk = conn.recv(count - len(data))
+        if not chunk:
+            raise EOFError(f"EOF after {len(data)} of {count} bytes")
+        data += chunk
+    return data
+
+
+def parse_tlvs(data):
+    tlvs = []
+    while data:
+        assert len(data) >= 3, f"truncated TLV: {data!r}"
+        kind, length = data[0], struct.unpack("!H", data[1:3])[0]
+        assert len(data) >= 3 + length, f"TLV 0x{kind:02x} claims {length} bytes, {len(data) - 3} left"
+        tlvs.append((kind, data[3:3 + length]))
+        data = data[3 + length:]
+    return tlvs
+
+
+def read_header(conn):
+    """Parses one PROXY v2 header; returns (source, destination, tlvs)."""
+    head = read_exactly(conn, 16)
+    assert head[:12] == SIGNATURE, head
+    assert head[12] == 0x21, f"version/command 0x{head[12]:02x}"
+    family, length = head[13], struct.unpack("!H", head[14:16])[0]
+    body = read_exactly(conn, length)
+    if family == 0x11:
+        src, dst = socket.inet_ntop(socket.AF_INET, body[0:4]), socket.inet_ntop(socket.AF_INET, body[4:8])
+        sport, dport = struct.unpack("!HH", body[8:12])
+        rest = body[12:]
+    elif family == 0x21:
+        src, dst = socket.inet_ntop(socket.AF_INET6, body[0:16]), socket.inet_ntop(socket.AF_INET6, body[16:32])
+        sport, dport = struct.unpack("!HH", body[32:36])
+        rest = body[36:]
+    else:
+        raise AssertionError(f"family 0x{family:02x}")
+    return (src, sport), (dst, dport), parse_tlvs(rest)
+
+
+class ProxyUpstream:
+    """Reads the header, records it, then echoes one line."""
+
+    def __init__(self):
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(16)
+        self.port = self.server.getsockname()[1]
+        self.headers = []
+        self.errors = []
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    self.headers.append(read_header(conn))
+                    line = b""
+                    while not line.endswith(b"\n"):
+                        chunk = conn.recv(4096)
+                        if not chunk:
+                            break
+                        line += chunk
+                    conn.sendall(b"echo: " + line)
+                except (AssertionError, EOFError, OSError) as error:
+                    self.errors.append(repr(error))
+
+    def close(self):
+        self.server.close()
+
+
+def test_upstream_reads_a_proxy_v2_header_with_the_callers_spiffe_id(certs, tmp_path):
+    upstream = ProxyUpstream()
+    listen = harness.free_port()
+    config = harness.config(certs["dir"], [("svc", listen, upstream.port)]).replace(
+        f"    upstream: 127.0.0.1:{upstream.port}",
+        f"    upstream: 127.0.0.1:{upstream.port}\n    proxy_protocol: v2")
+    ward = harness.Ward(str(tmp_path), config, RULES).start()
+    try:
+        with socket.create_connection(("127.0.0.1", listen), source_address=("127.0.0.7", 0), timeout=10) as raw:
+            with context(certs, "web").wrap_socket(raw) as tls:
+                tls.sendall(b"hello\n")
+                answer = b""
+                while not answer.endswith(b"\n") and (chunk := tls.recv(64)):
+                    answer += chunk
+                version, cipher, local_port = tls.version(), tls.cipher()[0], tls.getsockname()[1]
+        assert answer == b"echo: hello\n", (answer, upstream.errors)
+        assert not upstream.errors, upstream.errors
+        (source, destination, tlvs), = upstream.headers
+        assert source == ("127.0.0.7", local_port)
+        assert destination == ("127.0.0.1", listen)
+        kinds = dict(tlvs)
+        assert kinds[0xE0].decode() == WEB
+        ssl_tlv = kinds[0x20]
+        assert ssl_tlv[0] == 0x03, "client flags: SSL and CERT_CONN"
+        assert struct.unpack("!I", ssl_tlv[1:5])[0] == 0, "verify: 0 (the certificate was verified)"
+        sub = dict(parse_tlvs(ssl_tlv[5:]))
+        assert sub[0x21].decode() == version
+        assert sub[0x23].decode() == cipher
+    finally:
+        ward.stop()
+        upstream.close()
+
+
+def test_proxy_protocol_other_than_v2_is_a_config_error(certs, tmp_path):
+    listen = harness.free_port()
+    config = harness.config(certs["dir"], [("svc", listen, 9)]).replace(
+        "    upstream: 127.0.0.1:9", "    upstream: 127.0.0.1:9\n    proxy_protocol: v1")
+    ward = harness.Ward(str(tmp_path), config, RULES)
+    out = subprocess.run([harness.WARD, "check", "--config", ward.config_path], capture_output=True, text=True)
+    assert out.returncode == 1
+    line = config.splitlines().index("    proxy_protocol: v1") + 1
+    assert f"{ward.config_path}:{line}: proxy_protocol 'v1' must be v2" in out.stdout.splitlines(), out.stdout
