@@ -370,6 +370,7 @@ final class Connection: TLSHandshakeDelegate, SpliceDelegate {
 
     private func record(_ event: String) -> LogLine {
         var line = LogLine(event: event, connection: id, timestamp: loop.now)
+        line.add("direction", "inbound")
         line.add("listener", listenerName)
         line.add("peer_addr", peerAddress)
         line.add("peer_id", check.id?.description)

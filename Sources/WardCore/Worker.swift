@@ -247,6 +247,7 @@ package final class Worker: @unchecked Sendable {
         let id = connectionIDs.wrappingAdd(1, ordering: .relaxed).newValue
         let peer = SocketAddress(address, length: socklen_t(length))
         var line = LogLine(event: "handshake_error", connection: id, timestamp: loop.now)
+        line.add("direction", "inbound")
         line.add("listener", snapshot.listeners[listenerIndex].name)
         line.add("peer_addr", peer.description)
         line.add("reason", ReasonCode.listenerFull.rawValue)

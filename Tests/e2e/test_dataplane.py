@@ -305,3 +305,27 @@ def test_resumed_session_is_verified_again_after_its_bundle_changed(certs, tmp_p
     finally:
         ward.stop()
         upstream.close()
+
+
+def test_every_connection_event_says_direction_inbound(certs, tmp_path):
+    import harness as h
+    upstream = h.Upstream("echo-line")
+    listen = h.free_port()
+    rules = "rules:\n  - {name: web, action: allow, from: [spiffe://example.org/ns/prod/sa/web], to: [svc]}\n"
+    ward = h.Ward(str(tmp_path), h.config(certs["dir"], [("svc", listen, upstream.port)]), rules).start()
+    try:
+        mark = ward.mark()
+        assert exchange(listen, context(certs, "web"), b"in\n").data == b"echo: in\n"
+        exchange(listen, context(certs, "batch"), b"in\n")  # refused by the rules
+        with socket.create_connection(("127.0.0.1", listen), timeout=10) as raw:
+            raw.sendall(b"GET / HTTP/1.0\r\n\r\n")  # not TLS
+            raw.recv(64)
+        ward.wait_for(mark, event="handshake_error")
+        ward.wait_for(mark, event="deny")
+        ward.wait_for(mark, event="close")
+        events = [r for r in ward.lines(mark) if r.get("conn") is not None]
+        assert {r["event"] for r in events} >= {"allow", "deny", "close", "handshake_error"}
+        assert all(r.get("direction") == "inbound" for r in events), events
+    finally:
+        ward.stop()
+        upstream.close()
