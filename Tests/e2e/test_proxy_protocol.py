@@ -2,7 +2,6 @@
 the client's, the upstream reads a v2 header with the client's and the listener's addresses, the
 TLS version and cipher (PP2_TYPE_SSL) and the client's SPIFFE ID (TLV 0xE0). The upstream here is a
 strict parser written from HAProxy's specification, independent of Ward's encoder."""
-import hashlib
 import os
 import socket
 import ssl
@@ -136,3 +135,61 @@ def test_proxy_protocol_other_than_v2_is_a_config_error(certs, tmp_path):
     assert out.returncode == 1
     line = config.splitlines().index("    proxy_protocol: v1") + 1
     assert f"{ward.config_path}:{line}: proxy_protocol 'v1' must be v2" in out.stdout.splitlines(), out.stdout
+
+
+def test_haproxy_accept_proxy_takes_wards_header(certs, tmp_path):
+    # HAProxy's own parser (`accept-proxy`) in front of the service: with the header the echo comes
+    # back; without it HAProxy refuses the connection, so the first case proves it accepted Ward's.
+    echo = harness.Upstream("echo-line")
+    haproxy_port = harness.free_port()
+    cfg = os.path.join(str(tmp_path), "haproxy.cfg")
+    with open(cfg, "w") as f:
+        f.write(f"""global
+  nbthread 1
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 10s
+  timeout server 10s
+frontend from_ward
+  bind 127.0.0.1:{haproxy_port} accept-proxy
+  default_backend service
+backend service
+  server s1 127.0.0.1:{echo.port}
+""")
+    haproxy = subprocess.Popen(["haproxy", "-f", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", haproxy_port), timeout=1).close()
+                break
+            except OSError:
+                if haproxy.poll() is not None:
+                    raise AssertionError(f"haproxy exited: {haproxy.stderr.read()}")
+                threading.Event().wait(0.05)
+        for proxy, expected in (("v2", b"echo: via haproxy\n"), (None, b"")):
+            folder = os.path.join(str(tmp_path), f"ward-{proxy}")
+            os.makedirs(folder)
+            listen = harness.free_port()
+            config = harness.config(certs["dir"], [("svc", listen, haproxy_port)])
+            if proxy:
+                config = config.replace(f"    upstream: 127.0.0.1:{haproxy_port}",
+                                        f"    upstream: 127.0.0.1:{haproxy_port}\n    proxy_protocol: {proxy}")
+            ward = harness.Ward(folder, config, RULES).start()
+            try:
+                with socket.create_connection(("127.0.0.1", listen), timeout=10) as raw:
+                    with context(certs, "web").wrap_socket(raw) as tls:
+                        tls.sendall(b"via haproxy\n")
+                        answer = b""
+                        try:
+                            while not answer.endswith(b"\n") and (chunk := tls.recv(64)):
+                                answer += chunk
+                        except (ssl.SSLError, OSError):
+                            pass
+                assert answer == expected, (proxy, answer)
+            finally:
+                ward.stop()
+    finally:
+        haproxy.terminate()
+        haproxy.wait()
+        echo.close()

@@ -1,7 +1,7 @@
 # Installs what Ward needs to build and test, only where it is missing. Sourced by scripts/*.
 ward_install_debian_packages() {
   local missing=()
-  for pkg in libssl-dev libevent-dev pkg-config openssl curl ca-certificates iproute2 util-linux; do
+  for pkg in libssl-dev libevent-dev pkg-config openssl curl ca-certificates iproute2 util-linux haproxy; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
