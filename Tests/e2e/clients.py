@@ -93,3 +93,21 @@ def half_close_exchange(port, ctx, payload, timeout=10):
             break
     raw.close()
     return response
+
+
+def memory_bio_client(port, ctx):
+    """A TLS client over memory BIOs on a plain socket, handshake done: the caller sees every byte
+    and every TLS end condition. Returns (socket, SSLObject, incoming BIO, outgoing BIO)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing)
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            sock.sendall(outgoing.read())
+            chunk = sock.recv(65536)
+            assert chunk, "EOF during the handshake"
+            incoming.write(chunk)
+    return sock, tls, incoming, outgoing

@@ -17,7 +17,7 @@ import pytest
 
 import harness
 import tlsfuzz
-from clients import context, exchange
+from clients import context, exchange, memory_bio_client
 
 WEB = "spiffe://example.org/ns/prod/sa/web"
 RULES = f"default: deny\nrules:\n  - name: web\n    action: allow\n    from: [{WEB}]\n    to: ['*']\n"
@@ -405,19 +405,8 @@ def echo_through(port, ctx, payload, end, timeout=60):
     other), ends the client's stream with `end` ("fin": TCP shutdown(SHUT_WR) without close_notify;
     "close_notify": TLS close_notify, TCP left open), then reads to the end. Returns (SHA-256 of
     what came back, its length, the local address, how the stream ended)."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock, tls, incoming, outgoing = memory_bio_client(port, ctx)
     peer = f"127.0.0.1:{sock.getsockname()[1]}"
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = ctx.wrap_bio(incoming, outgoing)
-    while True:
-        try:
-            tls.do_handshake()
-            break
-        except ssl.SSLWantReadError:
-            sock.sendall(outgoing.read())
-            chunk = sock.recv(65536)
-            assert chunk, "EOF during the handshake"
-            incoming.write(chunk)
     sock.sendall(outgoing.read())
     sock.setblocking(False)
     selector = selectors.DefaultSelector()

@@ -30,7 +30,7 @@ import pytest
 import harness
 import pki
 import tlsfuzz
-from clients import context
+from clients import context, memory_bio_client
 
 WEB = "spiffe://example.org/ns/prod/sa/web"
 BATCH = "spiffe://example.org/ns/dev/sa/batch"
@@ -207,19 +207,8 @@ def test_upstream_reset_does_not_reach_the_client_as_close_notify(certs, tmp_pat
     ward, listen = start_ward(certs, tmp_path, server.getsockname()[1])
     try:
         mark = ward.mark()
-        sock = socket.create_connection(("127.0.0.1", listen), timeout=10)
+        sock, tls, incoming, outgoing = memory_bio_client(listen, context(certs, "web"))
         peer = f"127.0.0.1:{sock.getsockname()[1]}"
-        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        tls = context(certs, "web").wrap_bio(incoming, outgoing)
-        while True:
-            try:
-                tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                sock.sendall(outgoing.read())
-                chunk = sock.recv(65536)
-                assert chunk, "EOF during the handshake"
-                incoming.write(chunk)
         tls.write(b"go\n")
         sock.sendall(outgoing.read())
         got, how = b"", None
