@@ -51,8 +51,8 @@ let package = Package(
         .target(
             name: "WardControl",
             dependencies: [
-                "WardCore", "WardIdentity", "WardPolicy", "WardConfig", "WardTLS", "WardObservability", "WardSystem",
-                "CLibevent", .product(name: "Logging", package: "swift-log"),
+                "WardCore", "WardIdentity", "WardPolicy", "WardConfig", "WardTLS", "WardIO", "WardObservability",
+                "WardSystem", "CLibevent", .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .executableTarget(

@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import WardConfig
 import WardCore
+import WardIO
 import WardPolicy
 import WardSystem
 

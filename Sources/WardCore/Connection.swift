@@ -396,13 +396,6 @@ private let timerCallback: @convention(c) (Int32, Int16, UnsafeMutableRawPointer
     connection($2).timerFired()
 }
 
-/// CLOCK_MONOTONIC in microseconds (vDSO: no system call).
-package func monotonicMicroseconds() -> Int64 {
-    var time = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &time)
-    return Int64(time.tv_sec) * 1_000_000 + Int64(time.tv_nsec) / 1000
-}
-
 /// One open connection, as `GET /connections` reports it.
 package struct ConnectionInfo: Sendable {
     package var id: UInt64

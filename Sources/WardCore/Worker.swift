@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import Logging
 import Synchronization
+import WardIO
 import WardIdentity
 import WardObservability
 import WardPolicy

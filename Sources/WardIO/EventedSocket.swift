@@ -69,17 +69,9 @@ open class EventedSocket {
             output.append(bytes)
             return true
         }
-        var offset = 0
-        while offset < bytes.count {
-            let sent = Glibc.send(fd, bytes.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL))
-            if sent > 0 {
-                offset += sent
-                continue
-            }
-            let code = errno
-            if sent < 0 && code == EINTR { continue }
-            if sent < 0 && (code == EAGAIN || code == EWOULDBLOCK) { break }
-            sendError = sent == 0 ? EPIPE : code
+        let (offset, code) = sendAvailable(fd, bytes)
+        if code != 0 {
+            sendError = code
             return false
         }
         if offset < bytes.count {
@@ -122,19 +114,12 @@ open class EventedSocket {
 
     /// Frees the events and closes the descriptor. Idempotent.
     public func closeSocket() {
-        guard !isClosed else { return }
-        isClosed = true
-        if let readEvent { event_free(readEvent) }
-        if let writeEvent { event_free(writeEvent) }
-        readEvent = nil
-        writeEvent = nil
-        readArmed = false
-        writeArmed = false
-        output.release()
-        Glibc.close(fd)
+        let fd = detachSocket()
+        if fd >= 0 { Glibc.close(fd) }
     }
 
-    /// Gives the descriptor to the caller instead of closing it: for a lingering close.
+    /// Frees the events and gives the descriptor to the caller instead of closing it: for a
+    /// lingering close. -1 once closed or detached.
     public func detachSocket() -> Int32 {
         guard !isClosed else { return -1 }
         isClosed = true
@@ -142,6 +127,8 @@ open class EventedSocket {
         if let writeEvent { event_free(writeEvent) }
         readEvent = nil
         writeEvent = nil
+        readArmed = false
+        writeArmed = false
         output.release()
         return fd
     }

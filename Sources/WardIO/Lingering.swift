@@ -51,7 +51,7 @@ public final class Lingering {
             Glibc.close(fd)
             return
         }
-        let entry = Entry(fd: fd, deadline: monotonicNow() + Self.timeoutMicroseconds, owner: self)
+        let entry = Entry(fd: fd, deadline: monotonicMicroseconds() + Self.timeoutMicroseconds, owner: self)
         let context = Unmanaged.passUnretained(entry).toOpaque()
         guard let event = event_new(base, fd, Int16(EV_READ | EV_PERSIST), lingerCallback, context) else {
             Glibc.close(fd)
@@ -64,7 +64,7 @@ public final class Lingering {
     }
 
     fileprivate func service(_ entry: Entry, timedOut: Bool) {
-        var done = timedOut || monotonicNow() >= entry.deadline
+        var done = timedOut || monotonicMicroseconds() >= entry.deadline
         while !done {
             let got = recv(entry.fd, scratch.baseAddress, scratch.count, 0)
             if got > 0 {
@@ -92,7 +92,8 @@ public final class Lingering {
     }
 }
 
-private func monotonicNow() -> Int64 {
+/// CLOCK_MONOTONIC in microseconds (vDSO: no system call).
+public func monotonicMicroseconds() -> Int64 {
     var time = timespec()
     clock_gettime(CLOCK_MONOTONIC, &time)
     return Int64(time.tv_sec) * 1_000_000 + Int64(time.tv_nsec) / 1000

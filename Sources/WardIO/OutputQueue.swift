@@ -37,19 +37,11 @@ public struct OutputQueue: ~Copyable {
 
     /// Sends from the front with `send(2)`; returns the errno of a failure other than EAGAIN, or 0.
     public mutating func send(to fd: Int32) -> Int32 {
-        while start < end {
-            let sent = Glibc.send(fd, storage! + start, end - start, Int32(MSG_NOSIGNAL))
-            if sent > 0 {
-                start += sent
-                continue
-            }
-            let code = errno
-            if sent < 0 && code == EINTR { continue }
-            if sent < 0 && (code == EAGAIN || code == EWOULDBLOCK) { return 0 }
-            return sent == 0 ? EPIPE : code
-        }
-        release()
-        return 0
+        guard let storage, start < end else { return 0 }
+        let (sent, code) = sendAvailable(fd, UnsafeRawBufferPointer(start: storage + start, count: end - start))
+        start += sent
+        if start == end { release() }
+        return code
     }
 
     /// Drops everything and gives the memory back.
@@ -60,4 +52,22 @@ public struct OutputQueue: ~Copyable {
         start = 0
         end = 0
     }
+}
+
+/// Sends as much of `bytes` as the socket takes now: the count sent, and the errno of a failure
+/// other than EAGAIN (0 when the socket was merely full).
+func sendAvailable(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> (sent: Int, error: Int32) {
+    var offset = 0
+    while offset < bytes.count {
+        let sent = Glibc.send(fd, bytes.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL))
+        if sent > 0 {
+            offset += sent
+            continue
+        }
+        let code = errno
+        if sent < 0 && code == EINTR { continue }
+        if sent < 0 && (code == EAGAIN || code == EWOULDBLOCK) { break }
+        return (offset, sent == 0 ? EPIPE : code)
+    }
+    return (offset, 0)
 }

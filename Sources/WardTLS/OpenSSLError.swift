@@ -18,13 +18,18 @@ public struct OpenSSLError: Error, Sendable, CustomStringConvertible {
 
     /// Reads and clears the queue; each entry is OpenSSL's reason text.
     public static func drainQueue() -> [String] {
-        var details: [String] = []
+        drainCodes().map(text(of:))
+    }
+
+    /// Reads and clears the queue, oldest first.
+    static func drainCodes() -> [UInt] {
+        var codes: [UInt] = []
         while true {
             let code = ERR_get_error()
             if code == 0 { break }
-            details.append(text(of: code))
+            codes.append(code)
         }
-        return details
+        return codes
     }
 
     /// OpenSSL's reason text for an error code. OpenSSL has none for most TLS alerts a peer can

@@ -101,7 +101,7 @@ public final class TLSStream: EventedSocket, ByteStream {
 
     /// Names why a handshake failed: the SVID verdict if verification ran, else OpenSSL's reason.
     private func handshakeFailure(error: Int32, savedErrno: Int32) -> (ReasonCode, String?) {
-        let errors = Self.drainErrorCodes()
+        let errors = OpenSSLError.drainCodes()
         if let reason = check.reason { return (reason, check.detail) }
         let detail = errors.last.map(OpenSSLError.text(of:))
         // OpenSSL says "excessive message size" of any handshake message: name the certificate only.
@@ -194,11 +194,11 @@ public final class TLSStream: EventedSocket, ByteStream {
         case SSL_ERROR_ZERO_RETURN:
             return .end
         case SSL_ERROR_SYSCALL:
-            let text = Self.drainErrorCodes().last.map(OpenSSLError.text(of:))
+            let text = OpenSSLError.drainQueue().last
             if let text { return fail(text) }
             return savedErrno == 0 ? .end : fail(errnoDescription(savedErrno))
         default:
-            return fail(Self.drainErrorCodes().last.map(OpenSSLError.text(of:)) ?? "TLS error")
+            return fail(OpenSSLError.drainQueue().last ?? "TLS error")
         }
     }
 
@@ -216,7 +216,7 @@ public final class TLSStream: EventedSocket, ByteStream {
         let result = SSL_write_ex(ssl, bytes.baseAddress, bytes.count, &written)
         flushStaged()
         guard result == 1 else {
-            streamFailure = Self.drainErrorCodes().last.map(OpenSSLError.text(of:)) ?? "TLS write failed"
+            streamFailure = OpenSSLError.drainQueue().last ?? "TLS write failed"
             return false
         }
         return sendError == 0
@@ -297,17 +297,6 @@ public final class TLSStream: EventedSocket, ByteStream {
         let count = staging.count
         staging.count = 0
         send(UnsafeRawBufferPointer(start: staging.base, count: count))
-    }
-
-    /// Reads and clears the thread's OpenSSL error queue.
-    static func drainErrorCodes() -> [UInt] {
-        var codes: [UInt] = []
-        while true {
-            let code = ERR_get_error()
-            if code == 0 { break }
-            codes.append(code)
-        }
-        return codes
     }
 }
 
