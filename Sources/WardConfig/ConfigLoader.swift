@@ -60,10 +60,25 @@ public enum ConfigLoader {
         }
         trustDomains.sort { $0.domain < $1.domain }
 
-        let listeners = top.require("listeners", in: "config", problems: &problems).flatMap {
-            readListeners($0, file: path, problems: &problems)
+        let outboundNode = top.take("outbound")
+        let outbound = outboundNode.flatMap { readOutbound($0, file: path, problems: &problems) }
+        // A job that only calls out has no listeners, and then needs no rules either.
+        let listenersNode =
+            outbound == nil ? top.require("listeners", in: "config", problems: &problems) : top.take("listeners")
+        var listeners: [ListenerConfig]? = outbound == nil ? nil : []
+        if let listenersNode {
+            if outbound != nil, case .sequence(let sequence) = listenersNode, sequence.isEmpty {
+                listeners = []
+            } else {
+                listeners = readListeners(listenersNode, file: path, problems: &problems)
+            }
         }
-        let rulesFile = file(top.require("rules", in: "config", problems: &problems), "rules")
+        let rulesNode =
+            listeners?.isEmpty == false ? top.require("rules", in: "config", problems: &problems) : top.take("rules")
+        let rulesFile = file(rulesNode, "rules")
+        if let listeners, let outbound {
+            checkNames(listeners: listeners, outbound: outbound, file: path, problems: &problems)
+        }
 
         var logPath = "-"
         if let node = top.take("log"), let text = node.string("log", file: path, problems: &problems) {
@@ -175,9 +190,22 @@ public enum ConfigLoader {
             rules = RulesLoader.load(
                 path: rulesFile.path, listeners: Set(listeners.map(\.name)),
                 trustDomains: Set(trustDomains.map(\.domain)), sizeLimit: maxFileSize, problems: &problems)
+        } else if rulesNode == nil {
+            rules = RuleSource(defaultAction: .deny, rules: [], defaultLocation: SourceLocation(file: path, line: nil))
+        }
+        for entry in outbound ?? [] {
+            for (pattern, line) in zip(entry.serverIDs, entry.serverIDLines) {
+                guard let domain = try? IdentityPattern(parsing: pattern).trustDomain,
+                    !trustDomains.contains(where: { $0.domain == domain })
+                else { continue }
+                problems.append(
+                    ConfigProblem(
+                        file: path, line: line,
+                        message: "server_id '\(pattern)': trust domain \(domain) has no bundle in trust_domains"))
+            }
         }
 
-        guard let identityCert, let identityKey, let listeners, let rulesFile, let rules else { return nil }
+        guard let identityCert, let identityKey, let listeners, let rules else { return nil }
         var configuration = WardConfiguration(
             configPath: path, identityCert: identityCert, identityKey: identityKey,
             trustDomains: trustDomains, listeners: listeners, rulesFile: rulesFile, rules: rules,
@@ -185,6 +213,7 @@ public enum ConfigLoader {
             idleTimeout: idleTimeout, upstreamConnectTimeout: connectTimeout, maxSVIDLifetime: maxLifetime,
             admin: admin, svidMinRemaining: svidMinRemaining, logChain: logChain, adminIsDefault: adminIsDefault)
         configuration.resumption = resumption
+        configuration.outbound = (outbound ?? []).map(\.config)
         configuration.maxConnections = maxConnections
         configuration.maxChainDepth = maxChainDepth
         configuration.maxCertSize = maxCertSize
@@ -263,6 +292,155 @@ public enum ConfigLoader {
 }
 
 extension ConfigLoader {
+    /// An outbound entry as read, with the line of each `server_id` item for later checks.
+    fileprivate struct ReadOutbound {
+        var config: OutboundConfig
+        var serverIDs: [String] { config.serverIDs }
+        var serverIDLines: [Int?]
+    }
+
+    fileprivate static func readOutbound(_ node: Node, file: String, problems: inout [ConfigProblem]) -> [ReadOutbound]?
+    {
+        guard case .sequence(let sequence) = node, !sequence.isEmpty else {
+            problems.append(ConfigProblem(file: file, line: node.line, message: "outbound must be a non-empty list"))
+            return nil
+        }
+        var entries: [ReadOutbound] = []
+        for item in sequence {
+            guard var map = YAMLMapping(item, file: file, what: "an outbound entry", problems: &problems) else {
+                continue
+            }
+            let nameNode = map.require("name", in: "outbound entry", problems: &problems)
+            let name = nameNode?.string("outbound name", file: file, problems: &problems)
+            func address(_ key: String) -> (HostPort, Int?)? {
+                guard let node = map.require(key, in: "outbound entry", problems: &problems),
+                    let text = node.string(key, file: file, problems: &problems)
+                else { return nil }
+                guard let parsed = HostPort(parsing: text) else {
+                    problems.append(
+                        ConfigProblem(
+                            file: file, line: node.line,
+                            message: "\(key) '\(text)' must be HOST:PORT (IPv6 as [ADDR]:PORT, port 1-65535)"))
+                    return nil
+                }
+                return (parsed, node.line)
+            }
+            let listen = address("listen")
+            let target = address("target")
+            var serverIDs: [String] = []
+            var serverIDLines: [Int?] = []
+            var serverIDsValid = false
+            if let node = map.require("server_id", in: "outbound entry", problems: &problems) {
+                let items: [Node]
+                if case .sequence(let list) = node { items = Array(list) } else { items = [node] }
+                serverIDsValid = !items.isEmpty
+                if items.isEmpty {
+                    problems.append(
+                        ConfigProblem(
+                            file: file, line: node.line,
+                            message: "server_id must name at least one SPIFFE ID or pattern"))
+                }
+                for item in items {
+                    guard let text = item.string("server_id", file: file, problems: &problems) else {
+                        serverIDsValid = false
+                        continue
+                    }
+                    do {
+                        _ = try IdentityPattern(parsing: text)
+                        serverIDs.append(text)
+                        serverIDLines.append(item.line)
+                    } catch {
+                        serverIDsValid = false
+                        problems.append(
+                            ConfigProblem(file: file, line: item.line, message: "server_id '\(text)': \(error)"))
+                    }
+                }
+            }
+            var serverName: String?
+            if let node = map.take("server_name"),
+                let text = node.string("server_name", file: file, problems: &problems)
+            {
+                if Self.isHostName(text) {
+                    serverName = text
+                } else {
+                    problems.append(
+                        ConfigProblem(
+                            file: file, line: node.line,
+                            message:
+                                "server_name '\(text)' must be a DNS name (letters, digits, '-' and '.', up to 253)"))
+                }
+            }
+            var allowRemote = false
+            if let node = map.take("allow_remote") {
+                if case .scalar(let scalar) = node, let value = Bool(scalar.string) {
+                    allowRemote = value
+                } else {
+                    problems.append(
+                        ConfigProblem(file: file, line: node.line, message: "allow_remote must be true or false"))
+                }
+            }
+            map.finish(in: "outbound entry", problems: &problems)
+            guard let name, let (listen, listenLine) = listen, let (target, _) = target, serverIDsValid else {
+                continue
+            }
+            // A literal address is judged here; a name is judged by what it resolves to, at load.
+            if !allowRemote, let ip = IPAddress(parsing: Substring(listen.host)), !ip.isLoopback {
+                problems.append(
+                    ConfigProblem(
+                        file: file, line: listenLine,
+                        message:
+                            "listen '\(listen)' is not a loopback address; set allow_remote: true on the entry to allow it"
+                    ))
+                continue
+            }
+            entries.append(
+                ReadOutbound(
+                    config: OutboundConfig(
+                        name: name, listen: listen, target: target, serverIDs: serverIDs, serverName: serverName,
+                        allowRemote: allowRemote,
+                        location: SourceLocation(file: file, line: nameNode?.line ?? item.line)),
+                    serverIDLines: serverIDLines))
+        }
+        return entries
+    }
+
+    /// Names are unique across listeners and outbound entries: logs and metrics name either.
+    fileprivate static func checkNames(
+        listeners: [ListenerConfig], outbound: [ReadOutbound], file: String, problems: inout [ConfigProblem]
+    ) {
+        var seen: [String: Int] = [:]
+        for listener in listeners { seen[listener.name] = listener.location.line ?? 0 }
+        for entry in outbound {
+            let name = entry.config.name
+            if name == "*" {
+                problems.append(
+                    ConfigProblem(
+                        file: file, line: entry.config.location.line, message: "outbound name '*' is reserved"))
+            } else if let first = seen[name] {
+                problems.append(
+                    ConfigProblem(
+                        file: file, line: entry.config.location.line,
+                        message:
+                            "duplicate name '\(name)' (first at line \(first)): listener and outbound names must be unique"
+                    ))
+            } else {
+                seen[name] = entry.config.location.line ?? 0
+            }
+        }
+    }
+
+    /// An SNI value: a DNS name, no IP address needed or wanted.
+    public static func isHostName(_ text: String) -> Bool {
+        guard !text.isEmpty, text.utf8.count <= 253 else { return false }
+        return text.split(separator: ".", omittingEmptySubsequences: false).allSatisfy { label in
+            (1...63).contains(label.utf8.count) && !label.hasPrefix("-") && !label.hasSuffix("-")
+                && label.utf8.allSatisfy { byte in
+                    (byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x5A) || (byte >= 0x61 && byte <= 0x7A)
+                        || byte == 0x2D
+                }
+        }
+    }
+
     /// Only the `admin:` address of a config, read without validating the rest, so `ward reload`
     /// can reach a running Ward even while the files it is asked to reload are broken.
     public static func adminAddress(configPath: String) -> AdminAddress? {

@@ -56,6 +56,34 @@ public struct ListenerConfig: Sendable, Equatable {
     public var location: SourceLocation
 }
 
+/// An `outbound:` entry: a local plaintext port whose connections Ward carries over mTLS to
+/// `target`, after checking the server's SVID against `serverIDs`.
+public struct OutboundConfig: Sendable, Equatable {
+    public var name: String
+    public var listen: HostPort
+    public var target: HostPort
+    /// `server_id`: exact IDs or patterns, as written (validated by the loader).
+    public var serverIDs: [String]
+    /// SNI sent to the target; nil sends none.
+    public var serverName: String?
+    /// `allow_remote`: `listen` may be other than loopback.
+    public var allowRemote = false
+    public var location: SourceLocation
+
+    public init(
+        name: String, listen: HostPort, target: HostPort, serverIDs: [String], serverName: String? = nil,
+        allowRemote: Bool = false, location: SourceLocation
+    ) {
+        self.name = name
+        self.listen = listen
+        self.target = target
+        self.serverIDs = serverIDs
+        self.serverName = serverName
+        self.allowRemote = allowRemote
+        self.location = location
+    }
+}
+
 /// Where the admin endpoint listens: a Unix socket (the default) or a loopback address.
 public enum AdminAddress: Sendable, Equatable, CustomStringConvertible {
     case unix(path: String)
@@ -110,7 +138,10 @@ public struct WardConfiguration: Sendable {
     /// Sorted by trust domain name.
     public var trustDomains: [(domain: TrustDomain, bundle: ConfigFile)]
     public var listeners: [ListenerConfig]
-    public var rulesFile: ConfigFile
+    /// Outbound entries, in config order; empty when the config has none.
+    public var outbound: [OutboundConfig] = []
+    /// Nil for a config without listeners that names no rules file (it only calls out).
+    public var rulesFile: ConfigFile?
     public var rules: RuleSource
     /// `-` means standard output.
     public var logPath: String
@@ -158,9 +189,10 @@ public struct WardConfiguration: Sendable {
     /// `admin_allow_remote`: a TCP admin address that is not loopback is allowed.
     public var adminAllowRemote = false
     /// Every file a reload reads, for the file watcher: config, rules, bundles, own cert and key.
-    public var watchedFiles: [String] {
-        [configPath, rulesFile.path] + trustDomains.map(\.bundle.path) + [identityCert.path, identityKey.path]
-    }
+    public var watchedFiles: [String] { [configPath] + (rulesFile.map { [$0.path] } ?? []) + certificateFiles }
+
+    /// Bundles, own certificate and key: the files TLS is built from.
+    public var certificateFiles: [String] { trustDomains.map(\.bundle.path) + [identityCert.path, identityKey.path] }
 
     public static let defaultHandshakeTimeout = Duration.seconds(10)
     public static let defaultIdleTimeout = Duration.seconds(3600)

@@ -278,7 +278,7 @@ final class AdminServer {
         }
         return Self.json([
             "generation": publication.generation, "sha256": publication.sourcesDigest,
-            "sources": ["config": snapshot.config.configPath, "rules": snapshot.config.rulesFile.path],
+            "sources": ["config": snapshot.config.configPath, "rules": snapshot.config.rulesFile?.path ?? ""],
             "rules": ruleSet.ruleCount, "default": ruleSet.source.defaultAction.rawValue,
             "mode": ruleSet.source.mode.rawValue, "listeners": perListener,
         ])

@@ -58,7 +58,7 @@ final class Reloader {
     static func publication(
         for snapshot: RuntimeSnapshot, generation: UInt64, workers: Int
     ) throws -> Publication {
-        let contexts = try (0..<workers).map { _ in try snapshot.makeTLSContext() }
+        let contexts = try (0..<workers).map { _ in try snapshot.makeTLSContexts() }
         let (sources, files) = digests(of: snapshot.config)
         return Publication(
             generation: generation, snapshot: snapshot, contexts: contexts, sourcesDigest: sources, filesDigest: files)
@@ -104,7 +104,7 @@ final class Reloader {
             let sameFiles = snapshot.config.watchedFiles == current.snapshot.config.watchedFiles
             let (sources, files) = sameFiles ? before : Self.digests(of: snapshot.config)
             do {
-                let contexts = try workers.indices.map { _ in try snapshot.makeTLSContext() }
+                let contexts = try workers.indices.map { _ in try snapshot.makeTLSContexts() }
                 let publication = Publication(
                     generation: current.generation + 1, snapshot: snapshot, contexts: contexts,
                     sourcesDigest: sources, filesDigest: files)
@@ -141,13 +141,20 @@ final class Reloader {
     }
 
     /// What a reload cannot change in a running process, or nil. Upstreams, rules, bundles,
-    /// own SVID and timeouts apply live; sockets, threads and the log file do not.
+    /// own SVID, timeouts and outbound targets, `server_id` and `server_name` apply live;
+    /// sockets (listeners and outbound entries), threads and the log file do not.
     private func restartRequired(_ old: WardConfiguration, _ new: WardConfiguration) -> String? {
         let oldListeners = old.listeners.map { "\($0.name)@\($0.listen)" }
         let newListeners = new.listeners.map { "\($0.name)@\($0.listen)" }
         if oldListeners != newListeners {
             return
                 "listeners changed (\(oldListeners.joined(separator: ", ")) -> \(newListeners.joined(separator: ", ")))"
+        }
+        let oldOutbound = old.outbound.map { "\($0.name)@\($0.listen)" }
+        let newOutbound = new.outbound.map { "\($0.name)@\($0.listen)" }
+        if oldOutbound != newOutbound {
+            return
+                "outbound entries changed (\(oldOutbound.joined(separator: ", ")) -> \(newOutbound.joined(separator: ", ")))"
         }
         if old.workers != new.workers { return "workers changed" }
         if old.logPath != new.logPath { return "log changed" }
@@ -166,8 +173,8 @@ final class Reloader {
         func read(_ path: String) -> Data {
             (try? RegularFile.read(path, limit: config.maxFileSize)) ?? Data()
         }
-        let sources = [read(config.configPath), read(config.rulesFile.path)]
-        let files = sources + config.watchedFiles.dropFirst(2).map(read)
+        let sources = [read(config.configPath), config.rulesFile.map { read($0.path) } ?? Data()]
+        let files = sources + config.certificateFiles.map(read)
         return (Digest.sha256Hex(lengthPrefixed: sources), Digest.sha256Hex(lengthPrefixed: files))
     }
 }

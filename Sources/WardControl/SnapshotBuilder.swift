@@ -106,14 +106,40 @@ public enum SnapshotBuilder {
             }
         }
 
+        var outbound: [ResolvedOutbound] = []
+        for entry in config.outbound {
+            let line = entry.location.line
+            do {
+                let listen = try SocketAddress.resolve(entry.listen)
+                // A name is judged by the address it resolves to, which is what binds.
+                if !entry.allowRemote, listen.ipAddress?.isLoopback != true {
+                    problems.append(
+                        ConfigProblem(
+                            file: config.configPath, line: line,
+                            message:
+                                "outbound \(entry.name): listen '\(entry.listen)' resolves to \(listen), not a loopback "
+                                + "address; set allow_remote: true on the entry to allow it"))
+                    continue
+                }
+                outbound.append(
+                    ResolvedOutbound(
+                        name: entry.name, listen: listen, target: try SocketAddress.resolve(entry.target),
+                        serverName: entry.serverName,
+                        serverIDs: ServerIDs(entry.serverIDs.compactMap { try? IdentityPattern(parsing: $0) })))
+            } catch {
+                problems.append(
+                    ConfigProblem(file: config.configPath, line: line, message: "outbound \(entry.name): \(error)"))
+            }
+        }
+
         guard problems.isEmpty, let key, let ownID else { return .failure(ConfigProblems(problems)) }
         let snapshot = RuntimeSnapshot(
             config: config, identity: IdentityMaterial(chain: chain, key: key), ownID: ownID, bundles: bundles,
             ruleSet: RuleSet(compiling: config.rules, listeners: config.listeners.map(\.name)),
-            listeners: listeners)
+            listeners: listeners, outbound: outbound)
         do {
             // Proves the context builds (ciphers, key type) before anything listens.
-            _ = try snapshot.makeTLSContext()
+            _ = try snapshot.makeTLSContexts()
         } catch {
             return .failure(
                 ConfigProblems([ConfigProblem(file: config.identityCert.path, line: nil, message: "\(error)")]))

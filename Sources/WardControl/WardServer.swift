@@ -39,13 +39,15 @@ public final class WardServer {
                 everyLines: snapshot.config.logCheckpointLines, interval: snapshot.config.logCheckpointInterval,
                 sealer: sealer))
         let metrics = MetricsRegistry(
-            listenerNames: snapshot.listeners.map(\.name), reasonNames: ReasonCode.allCases.map(\.rawValue),
-            workers: workerCount)
+            listenerNames: snapshot.listeners.map(\.name), outboundNames: snapshot.outbound.map(\.name),
+            reasonNames: ReasonCode.allCases.map(\.rawValue), workers: workerCount)
+        // Listeners first, then outbound entries: a socket's index is its slot (`LoopState.slot`).
+        let addresses = snapshot.listeners.map(\.listen) + snapshot.outbound.map(\.listen)
         var sockets: [[Int32]] = []
         do {
-            for listener in snapshot.listeners { try ListenerSocket.checkAvailable(listener.listen) }
+            for address in addresses { try ListenerSocket.checkAvailable(address) }
             for _ in 0..<workerCount {
-                sockets.append(try snapshot.listeners.map { try ListenerSocket.bind($0.listen) })
+                sockets.append(try addresses.map { try ListenerSocket.bind($0) })
             }
         } catch {
             for fd in sockets.joined() { Glibc.close(fd) }
@@ -69,7 +71,7 @@ public final class WardServer {
         // Everything privileged (ports, admin socket, log file) is open: give up root now.
         try Privileges.drop(
             user: snapshot.config.user, group: snapshot.config.group, admin: admin?.address, logger: logger)
-        let load = ListenerLoad(listeners: snapshot.listeners.count)
+        let load = ListenerLoad(listeners: addresses.count)
         var workers: [Worker] = []
         for (index, workerSockets) in sockets.enumerated() {
             workers.append(
@@ -88,7 +90,9 @@ public final class WardServer {
             for warning in FilePolicy.warnings(publication.snapshot) { logger.warning("\(warning)") }
         }
 
-        let listening = snapshot.listeners.map { "\($0.name)=\($0.listen)->\($0.upstream)" }.joined(separator: " ")
+        let listening =
+            (snapshot.listeners.map { "\($0.name)=\($0.listen)->\($0.upstream)" }
+            + snapshot.outbound.map { "\($0.name)=\($0.listen)=>\($0.target)" }).joined(separator: " ")
         logger.info(
             "ready: \(listening) workers=\(workers.count) id=\(snapshot.ownID) admin=\(admin.map { "\($0.address)" } ?? "off")"
         )

@@ -2,8 +2,10 @@ import WardIdentity
 import WardPolicy
 import WardTLS
 
-/// Whether a peer may use a listener now: its chain against the current bundles, then the
-/// rules. One step for the first handshake, a resumed session, and the re-check after a reload.
+/// Whether a peer may use a listener now (its chain against the current bundles, then the
+/// rules), or whether a server may be called through an outbound entry (its chain, then the
+/// entry's `server_id`). One step for the first handshake, a resumed session, and the re-check
+/// after a reload.
 ///
 /// It remembers what the peer was last verified under, so a reload that changed neither the
 /// peer's trust domain's bundle nor the verification limits costs a rules lookup only.
@@ -30,7 +32,7 @@ struct Admission {
     /// handshake's chain was verified by the TLS callback, again here only if a reload landed
     /// while it ran.
     mutating func admitHandshake(
-        _ stream: TLSStream, check: PeerCheck, loop: LoopState, listenerIndex: Int, peerIP: IPAddress?
+        _ stream: TLSStream, check: PeerCheck, loop: LoopState, endpoint: Endpoint, peerIP: IPAddress?
     ) -> Verdict {
         if stream.isResumed {
             generation = loop.generation
@@ -58,14 +60,14 @@ struct Admission {
             }
         }
         verifiedUnder = loop.snapshot.verificationKeys[peer.trustDomain]
-        return decide(peer, check: check, loop: loop, listenerIndex: listenerIndex, peerIP: peerIP)
+        return decide(peer, check: check, loop: loop, endpoint: endpoint, peerIP: peerIP)
     }
 
     /// After a publication: nil when nothing changed for this connection (same generation).
     /// The chain is verified again only when its trust domain's verification key changed, and
     /// then once per distinct chain per publication (`LoopState.chainVerdicts`).
     mutating func recheck(
-        _ stream: TLSStream, check: PeerCheck, loop: LoopState, listenerIndex: Int, peerIP: IPAddress?
+        _ stream: TLSStream, check: PeerCheck, loop: LoopState, endpoint: Endpoint, peerIP: IPAddress?
     ) -> Verdict? {
         guard generation != loop.generation, let peer = check.id else { return nil }
         generation = loop.generation
@@ -83,12 +85,26 @@ struct Admission {
             if let (reason, detail) = verdict { return .refused(reason, detail, nil) }
             verifiedUnder = key
         }
-        return decide(peer, check: check, loop: loop, listenerIndex: listenerIndex, peerIP: peerIP)
+        return decide(peer, check: check, loop: loop, endpoint: endpoint, peerIP: peerIP)
     }
 
+    /// The rules for a listener; the current `server_id` for an outbound entry (the handshake
+    /// checked the one in force then, a reload may have changed it since).
     private func decide(
-        _ peer: SPIFFEID, check: PeerCheck, loop: LoopState, listenerIndex: Int, peerIP: IPAddress?
+        _ peer: SPIFFEID, check: PeerCheck, loop: LoopState, endpoint: Endpoint, peerIP: IPAddress?
     ) -> Verdict {
+        let listenerIndex: Int
+        switch endpoint {
+        case .listener(let index):
+            listenerIndex = index
+        case .outbound(let index):
+            let entry = loop.snapshot.outbound[index]
+            guard entry.serverIDs.admits(peer) else {
+                return .refused(
+                    .unexpectedServerID, "server ID \(peer) is not in server_id (\(entry.serverIDs.expectation))", nil)
+            }
+            return .admitted(Decision(action: .allow, rule: entry.name))
+        }
         let now = loop.now
         let context = DecisionContext(
             address: peerIP, minuteOfDay: Int(now.tv_sec % 86_400) / 60, svidLifetimeSeconds: check.lifetimeSeconds)

@@ -17,9 +17,20 @@ enum CloseCause: String {
     case revoked
 }
 
-/// One client connection from accept to close: the TLS handshake (`TLSStream`), admission
-/// (`Admission`: SVID and rules), the upstream connect, then forwarding (`Splice`), with the
-/// timers and log lines around them.
+/// Which side of Ward a connection is on, and the listener or outbound entry it came through.
+enum Endpoint {
+    /// A peer called a listener: TLS in, plaintext to the upstream.
+    case listener(Int)
+    /// The local app called an outbound entry: plaintext in, TLS to the target.
+    case outbound(Int)
+}
+
+/// One connection from accept to close, in either direction.
+///
+/// Inbound: the TLS handshake (`TLSStream`, server role), admission (`Admission`: SVID and
+/// rules), the upstream connect, then forwarding (`Splice`). Outbound: the target connect, the
+/// TLS handshake (client role), admission (the server's SVID and `server_id`), then forwarding.
+/// The app's bytes wait in its socket until the server is admitted: a refused server gets none.
 ///
 /// Runs on its loop's thread only. Owned by `LoopState.connections`; C callbacks (its timers)
 /// carry an unretained pointer, valid because `release` frees them before the loop drops its
@@ -34,13 +45,22 @@ final class Connection: TLSHandshakeDelegate, SpliceDelegate {
 
     let id: UInt64
     let loop: LoopState
-    let listenerIndex: Int
+    let endpoint: Endpoint
+    /// Slot of the listener or outbound entry in counters and `max_connections` (`LoopState.slot`).
+    let slot: Int
+    /// The TLS peer's address: the client (inbound) or the target (outbound).
     let peerAddress: String
     let peerIP: IPAddress?
+    /// Outbound: the local app's address.
+    private let appAddress: String?
     let check = PeerCheck()
     private(set) var state = State.handshaking
+    /// The TLS side: the client (inbound) or the target (outbound).
     private var stream: TLSStream?
-    private var upstream: SocketStream?
+    /// The plaintext side: the upstream (inbound) or the local app (outbound).
+    private var plain: SocketStream?
+    /// Outbound: the target socket while it connects, before TLS takes it over.
+    private var connector: SocketStream?
     private var splice: Splice?
     /// Handshake, then upstream-connect, then idle timeout: one timer for the current phase.
     private var timer: OpaquePointer?
@@ -50,6 +70,7 @@ final class Connection: TLSHandshakeDelegate, SpliceDelegate {
     private var decision: Decision?
     private var tlsVersion: String?
     private var cipher: String?
+    private var resumed: Bool?
     private let acceptedAt: Int64
     private let acceptedAtMicroseconds = monotonicMicroseconds()
 
@@ -60,22 +81,37 @@ final class Connection: TLSHandshakeDelegate, SpliceDelegate {
     private var bytesOut: Int64 = 0
     private var closeReason: ReasonCode?
     private var closeDetail: String?
+    /// Outbound: the app ended its stream first, so nothing of it is left to read.
+    private var appEnded = false
 
-    init(id: UInt64, loop: LoopState, listenerIndex: Int, peerAddress: String, peerIP: IPAddress?) {
+    init(
+        id: UInt64, loop: LoopState, endpoint: Endpoint, peerAddress: String, peerIP: IPAddress?,
+        appAddress: String? = nil
+    ) {
         self.id = id
         self.loop = loop
-        self.listenerIndex = listenerIndex
+        self.endpoint = endpoint
+        self.slot = loop.slot(of: endpoint)
         self.peerAddress = peerAddress
         self.peerIP = peerIP
+        self.appAddress = appAddress
         self.acceptedAt = loop.nowMilliseconds
         self.lastActivity = acceptedAt
         self.admission = Admission(generation: loop.generation)
     }
 
     private var context: UnsafeMutableRawPointer { Unmanaged.passUnretained(self).toOpaque() }
-    private var listenerName: String { loop.snapshot.listeners[listenerIndex].name }
+    private var endpointName: String { loop.name(of: endpoint) }
 
+    /// Inbound: `fd` is the accepted client socket; the handshake starts at once.
     func start(fd: Int32) {
+        timer = event_new(loop.base, -1, 0, timerCallback, context)
+        guard case .listener = endpoint else {
+            // Outbound: `fd` is the app; it is not read until the server is admitted.
+            plain = SocketStream(fd: fd, base: loop.base)
+            connectUpstream()
+            return
+        }
         guard
             let stream = TLSStream(
                 context: loop.tls, fd: fd, base: loop.base, check: check, staging: loop.buffers.staging)
@@ -84,9 +120,13 @@ final class Connection: TLSHandshakeDelegate, SpliceDelegate {
             failHandshake(.tlsError, detail: "cannot allocate TLS session")
             return
         }
+        startHandshake(stream)
+    }
+
+    private func startHandshake(_ stream: TLSStream) {
+        state = .handshaking
         self.stream = stream
         stream.handshakeDelegate = self
-        timer = event_new(loop.base, -1, 0, timerCallback, context)
         arm(timer, loop.handshakeTimeout)
         stream.startHandshake()
     }
@@ -98,10 +138,10 @@ final class Connection: TLSHandshakeDelegate, SpliceDelegate {
     }
 
     func handshakeCompleted(_ stream: TLSStream) {
-        let verdict = admission.admitHandshake(
-            stream, check: check, loop: loop, listenerIndex: listenerIndex, peerIP: peerIP)
+        let verdict = admission.admitHandshake(stream, check: check, loop: loop, endpoint: endpoint, peerIP: peerIP)
         tlsVersion = stream.protocolVersion
         cipher = stream.cipher
+        resumed = stream.isResumed
         let decision: Decision
         switch verdict {
         case .admitted(let admitted):
@@ -119,10 +159,12 @@ final class Connection: TLSHandshakeDelegate, SpliceDelegate {
         }
         self.decision = decision
         if decision.isAllowed {
-            metrics.connection(listener: listenerIndex, .allow)
-            loop.log.append(record("allow").finish())
+            metrics.connection(listener: slot, .allow)
+            var line = record("allow")
+            line.add("resumed", resumed ?? false)
+            loop.log.append(line.finish())
         } else {
-            metrics.connection(listener: listenerIndex, decision.enforced ? .deny : .auditDeny)
+            metrics.connection(listener: slot, decision.enforced ? .deny : .auditDeny)
             var line = record("deny")
             line.add("reason", ReasonCode.ruleDenied.rawValue)
             line.add("enforced", decision.enforced)
@@ -135,13 +177,13 @@ final class Connection: TLSHandshakeDelegate, SpliceDelegate {
             return
         }
         counted = true
-        metrics.active(listener: listenerIndex, 1)
+        metrics.active(listener: slot, 1)
         armExpiry()
-        connectUpstream()
+        if case .outbound = endpoint { startForwarding() } else { connectUpstream() }
     }
 
     private func failHandshake(_ reason: ReasonCode, detail: String?) {
-        loop.metrics.handshakeError(listener: listenerIndex, reason: reason.index)
+        loop.metrics.handshakeError(listener: slot, reason: reason.index)
         var line = record("handshake_error")
         line.add("reason", reason.rawValue)
         line.add("detail", detail)
@@ -154,8 +196,7 @@ final class Connection: TLSHandshakeDelegate, SpliceDelegate {
     /// the connection is closed and logged as `revoke`, then `close` with `close_cause: revoked`.
     func recheck() {
         guard state == .connectingUpstream || state == .forwarding, let stream,
-            let verdict = admission.recheck(
-                stream, check: check, loop: loop, listenerIndex: listenerIndex, peerIP: peerIP)
+            let verdict = admission.recheck(stream, check: check, loop: loop, endpoint: endpoint, peerIP: peerIP)
         else { return }
         switch verdict {
         case .admitted:
@@ -206,9 +247,15 @@ final class Connection: TLSHandshakeDelegate, SpliceDelegate {
 
     // MARK: Upstream
 
+    /// Connects to the listener's upstream (inbound, after admission) or the entry's target
+    /// (outbound, before the handshake).
     private func connectUpstream() {
         state = .connectingUpstream
-        let target = loop.snapshot.listeners[listenerIndex].upstream
+        let target: SocketAddress
+        switch endpoint {
+        case .listener(let index): target = loop.snapshot.listeners[index].upstream
+        case .outbound(let index): target = loop.snapshot.outbound[index].target
+        }
         let fd = socket(
             target.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0
         )
@@ -218,46 +265,79 @@ final class Connection: TLSHandshakeDelegate, SpliceDelegate {
         }
         var one: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-        let upstream = SocketStream(fd: fd, base: loop.base)
-        self.upstream = upstream
-        upstream.onConnected = { [unowned self] code in self.upstreamConnected(error: code) }
+        let socket = SocketStream(fd: fd, base: loop.base)
+        if case .listener = endpoint { plain = socket } else { connector = socket }
+        socket.onConnected = { [unowned self] code in self.upstreamConnected(error: code) }
         arm(timer, loop.upstreamConnectTimeout)
-        let code = target.withSockaddr { address, length in upstream.connect(to: address, length: length) }
+        let code = target.withSockaddr { address, length in socket.connect(to: address, length: length) }
         if code != 0 { upstreamFailed(detail: errnoDescription(code)) }
     }
 
     private func upstreamFailed(detail: String) {
         closeReason = .upstreamUnreachable
         closeDetail = detail
+        // Inbound it follows an allow; outbound nothing else counts the attempt.
+        if case .outbound = endpoint { loop.metrics.handshakeError(listener: slot, reason: closeReason!.index) }
         close(cause: .error)
     }
 
     private func upstreamConnected(error: Int32) {
-        guard state == .connectingUpstream, let stream, let upstream else { return }
+        guard state == .connectingUpstream else { return }
         guard error == 0 else {
             upstreamFailed(detail: errnoDescription(error))
             return
         }
+        switch endpoint {
+        case .listener(let index):
+            guard let stream, let upstream = plain else { return }
+            if loop.snapshot.listeners[index].proxyProtocol == .v2 {
+                // Before any byte of the client's: who connected, over what, as which workload.
+                guard let source = SocketAddress.peer(of: stream.fd)?.proxyAddress,
+                    let destination = SocketAddress.local(of: stream.fd)?.proxyAddress,
+                    let header = ProxyHeader(
+                        source: source, destination: destination, tlsVersion: tlsVersion, cipher: cipher,
+                        spiffeID: check.id?.description
+                    ).encoded()
+                else {
+                    closeDetail = "no PROXY v2 header for this connection's addresses"
+                    close(cause: .error)
+                    return
+                }
+                header.withUnsafeBytes { _ = upstream.write($0) }
+            }
+            startForwarding()
+        case .outbound(let index):
+            guard let connector, let context = loop.clientTLS else { return }
+            let entry = loop.snapshot.outbound[index]
+            let fd = connector.detachSocket()
+            self.connector = nil
+            guard
+                let stream = TLSStream(
+                    context: context, fd: fd, base: loop.base, check: check, staging: loop.buffers.staging,
+                    role: .client)
+            else {
+                Glibc.close(fd)
+                failHandshake(.tlsError, detail: "cannot allocate TLS session")
+                return
+            }
+            check.requirement = entry.serverIDs
+            stream.prepareClientHello(serverName: entry.serverName, entry: index)
+            startHandshake(stream)
+        }
+    }
+
+    /// Both sides are ready: forward until either ends, with the idle timer armed.
+    private func startForwarding() {
+        guard let stream, let plain else { return }
         state = .forwarding
         lastActivity = loop.nowMilliseconds
         let idle = loop.idleTimeoutMilliseconds
         arm(timer, timeval(tv_sec: Int(idle / 1000), tv_usec: Int(idle % 1000) * 1000))
-        if loop.snapshot.listeners[listenerIndex].proxyProtocol == .v2 {
-            // Before any byte of the client's: who connected, over what, as which workload.
-            guard let source = SocketAddress.peer(of: stream.fd)?.proxyAddress,
-                let destination = SocketAddress.local(of: stream.fd)?.proxyAddress,
-                let header = ProxyHeader(
-                    source: source, destination: destination, tlsVersion: tlsVersion, cipher: cipher,
-                    spiffeID: check.id?.description
-                ).encoded()
-            else {
-                closeDetail = "no PROXY v2 header for this connection's addresses"
-                close(cause: .error)
-                return
-            }
-            header.withUnsafeBytes { _ = upstream.write($0) }
+        let splice: Splice
+        switch endpoint {
+        case .listener: splice = Splice(client: stream, upstream: plain, buffer: loop.buffers.plaintext)
+        case .outbound: splice = Splice(client: plain, upstream: stream, buffer: loop.buffers.plaintext)
         }
-        let splice = Splice(client: stream, upstream: upstream, buffer: loop.buffers.plaintext)
         self.splice = splice
         splice.delegate = self
         splice.start()
@@ -267,13 +347,14 @@ final class Connection: TLSHandshakeDelegate, SpliceDelegate {
 
     func splice(_ splice: Splice, moved count: Int, towardUpstream: Bool) {
         if towardUpstream { bytesIn += Int64(count) } else { bytesOut += Int64(count) }
-        loop.metrics.bytes(listener: listenerIndex, towardUpstream ? .incoming : .outgoing, Int64(count))
+        loop.metrics.bytes(listener: slot, towardUpstream ? .incoming : .outgoing, Int64(count))
         lastActivity = loop.nowMilliseconds
     }
 
     func spliceFinished(_ splice: Splice, end: Splice.End) {
         switch end {
         case .finished(let first):
+            appEnded = first == .client
             close(cause: first == .client ? .client : .upstream)
         case .failed(_, let detail):
             // One side aborted: the other must not read what it got as the whole stream, so no
@@ -328,10 +409,10 @@ final class Connection: TLSHandshakeDelegate, SpliceDelegate {
         line.add("duration_ms", loop.nowMilliseconds - acceptedAt)
         line.add("close_cause", cause.rawValue)
         loop.log.append(line.finish())
-        if counted { loop.metrics.active(listener: listenerIndex, -1) }
+        if counted { loop.metrics.active(listener: slot, -1) }
         if cause == .revoked { loop.metrics.revoked() }
         if abort {
-            upstream?.abort()
+            plain?.abort()
             stream?.abort()
         } else {
             stream?.sendCloseNotify()
@@ -343,14 +424,21 @@ final class Connection: TLSHandshakeDelegate, SpliceDelegate {
     /// With `linger`, the client socket closes after its peer read Ward's last word (`Lingering`).
     private func release(linger: Bool) {
         state = .closed
-        loop.load.release(listenerIndex)
+        loop.load.release(slot)
         if let timer { event_free(timer) }
         timer = nil
         if let expiryTimer { event_free(expiryTimer) }
         expiryTimer = nil
+        // Outbound, unless the app itself ended the stream, it may still be sending: a close with
+        // its bytes unread would reset it, so it reads a plain end of stream instead.
+        if linger, case .outbound = endpoint, !appEnded, let plain, !plain.isClosed {
+            loop.lingering.close(plain.detachSocket())
+        }
         splice = nil
-        upstream?.closeSocket()
-        upstream = nil
+        plain?.closeSocket()
+        plain = nil
+        connector?.closeSocket()
+        connector = nil
         if let stream, !stream.isClosed {
             if linger { loop.lingering.close(stream.detachSocket()) } else { stream.closeSocket() }
         }
@@ -361,7 +449,7 @@ final class Connection: TLSHandshakeDelegate, SpliceDelegate {
     /// What `GET /connections` shows; built on the loop thread.
     var info: ConnectionInfo {
         ConnectionInfo(
-            id: id, listener: listenerName, peerID: check.id?.description, peerAddress: peerAddress,
+            id: id, listener: endpointName, peerID: check.id?.description, peerAddress: peerAddress,
             sinceEpochMilliseconds: acceptedAt, bytesIn: bytesIn, bytesOut: bytesOut,
             state: "\(state)")
     }
@@ -370,12 +458,20 @@ final class Connection: TLSHandshakeDelegate, SpliceDelegate {
 
     private func record(_ event: String) -> LogLine {
         var line = LogLine(event: event, connection: id, timestamp: loop.now)
-        line.add("direction", "inbound")
-        line.add("listener", listenerName)
-        line.add("peer_addr", peerAddress)
+        if case .listener = endpoint {
+            line.add("direction", "inbound")
+            line.add("listener", endpointName)
+            line.add("peer_addr", peerAddress)
+        } else {
+            line.add("direction", "outbound")
+            line.add("listener", endpointName)
+            line.add("peer_addr", peerAddress)
+            line.add("app_addr", appAddress)
+        }
         line.add("peer_id", check.id?.description)
         line.add("trust_domain", check.id?.trustDomain.name)
-        line.add("rule", decision?.rule)
+        // Outbound, the entry is the rule: its `server_id` decides every event.
+        if case .outbound = endpoint { line.add("rule", endpointName) } else { line.add("rule", decision?.rule) }
         line.add("tls_version", tlsVersion)
         line.add("cipher", cipher)
         line.add("cert_serial", check.serialHex)

@@ -54,8 +54,29 @@ final class LoopState {
     }
 
     var snapshot: RuntimeSnapshot { publication.snapshot }
-    var tls: TLSServerContext { publication.contexts[workerIndex] }
+    var tls: TLSServerContext { publication.contexts[workerIndex].server }
+    var clientTLS: TLSClientContext? { publication.contexts[workerIndex].client }
     var generation: UInt64 { publication.generation }
+
+    /// An endpoint's slot in the counters and `ListenerLoad`: listeners first, then outbound
+    /// entries (both fixed for the process's life: changing either needs a restart).
+    func slot(of endpoint: Endpoint) -> Int {
+        switch endpoint {
+        case .listener(let index): return index
+        case .outbound(let index): return snapshot.listeners.count + index
+        }
+    }
+
+    func endpoint(ofSlot slot: Int) -> Endpoint {
+        slot < snapshot.listeners.count ? .listener(slot) : .outbound(slot - snapshot.listeners.count)
+    }
+
+    func name(of endpoint: Endpoint) -> String {
+        switch endpoint {
+        case .listener(let index): return snapshot.listeners[index].name
+        case .outbound(let index): return snapshot.outbound[index].name
+        }
+    }
     var handshakeTimeout: timeval { timeval(duration: snapshot.config.handshakeTimeout) }
     var idleTimeoutMilliseconds: Int64 { snapshot.config.idleTimeout.milliseconds }
     var upstreamConnectTimeout: timeval { timeval(duration: snapshot.config.upstreamConnectTimeout) }

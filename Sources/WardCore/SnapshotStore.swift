@@ -7,14 +7,14 @@ package final class Publication: @unchecked Sendable {
     // @unchecked: immutable; each TLS context is used only by the worker of the same index.
     package let generation: UInt64
     package let snapshot: RuntimeSnapshot
-    package let contexts: [TLSServerContext]
+    package let contexts: [WorkerTLS]
     /// SHA-256 of the config and rules files, as reported by `reload` lines.
     package let sourcesDigest: String
     /// SHA-256 over every file the snapshot was built from, to skip reloads that change nothing.
     package let filesDigest: String
 
     package init(
-        generation: UInt64, snapshot: RuntimeSnapshot, contexts: [TLSServerContext], sourcesDigest: String,
+        generation: UInt64, snapshot: RuntimeSnapshot, contexts: [WorkerTLS], sourcesDigest: String,
         filesDigest: String
     ) {
         self.generation = generation

@@ -199,18 +199,30 @@ package final class Worker: @unchecked Sendable {
         }
     }
 
-    fileprivate func accept(fd: Int32, address: UnsafeMutablePointer<sockaddr>, length: Int32, listenerIndex: Int) {
+    /// `slot`: the listening socket's place, listeners first, then outbound entries.
+    fileprivate func accept(fd: Int32, address: UnsafeMutablePointer<sockaddr>, length: Int32, slot: Int) {
         adoptLatest()
-        guard loop.load.acquire(listenerIndex, limit: snapshot.config.maxConnections) else {
-            refuseFull(fd: fd, address: address, length: length, listenerIndex: listenerIndex)
+        let endpoint = loop.endpoint(ofSlot: slot)
+        guard loop.load.acquire(slot, limit: snapshot.config.maxConnections) else {
+            refuseFull(fd: fd, address: address, length: length, endpoint: endpoint)
             return
         }
         var one: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
         let id = connectionIDs.wrappingAdd(1, ordering: .relaxed).newValue
-        let peer = SocketAddress(address, length: socklen_t(length))
-        let connection = Connection(
-            id: id, loop: loop, listenerIndex: listenerIndex, peerAddress: peer.description, peerIP: peer.ipAddress)
+        let caller = SocketAddress(address, length: socklen_t(length))
+        let connection: Connection
+        switch endpoint {
+        case .listener:
+            connection = Connection(
+                id: id, loop: loop, endpoint: endpoint, peerAddress: caller.description, peerIP: caller.ipAddress)
+        case .outbound(let index):
+            // The TLS peer is the target; the caller is the local app.
+            let target = snapshot.outbound[index].target
+            connection = Connection(
+                id: id, loop: loop, endpoint: endpoint, peerAddress: target.description, peerIP: target.ipAddress,
+                appAddress: caller.description)
+        }
         loop.connections[id] = connection
         connection.start(fd: fd)
     }
@@ -222,7 +234,7 @@ package final class Worker: @unchecked Sendable {
         evconnlistener_disable(listeners[box.listenerIndex])
         metrics.pausedListeners(1)
         writeDiagnostic(
-            "ward: worker \(index) listener \(snapshot.listeners[box.listenerIndex].name): accept failed: "
+            "ward: worker \(index) listener \(loop.name(of: loop.endpoint(ofSlot: box.listenerIndex))): accept failed: "
                 + "\(CText.errno(error)); pausing accepts for 100ms\n")
         var pause = Self.acceptRetryDelay
         event_base_once(
@@ -239,18 +251,24 @@ package final class Worker: @unchecked Sendable {
     static let acceptRetryDelay = timeval(tv_sec: 0, tv_usec: 100_000)
 
     /// `max_connections` reached: close at once (no TLS work), log and count it.
-    private func refuseFull(fd: Int32, address: UnsafeMutablePointer<sockaddr>, length: Int32, listenerIndex: Int) {
+    private func refuseFull(fd: Int32, address: UnsafeMutablePointer<sockaddr>, length: Int32, endpoint: Endpoint) {
         // An RST rather than a FIN: the client learns at once, and no TIME_WAIT is left here.
         var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
         setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
         Glibc.close(fd)
-        metrics.handshakeError(listener: listenerIndex, reason: ReasonCode.listenerFull.index)
+        metrics.handshakeError(listener: loop.slot(of: endpoint), reason: ReasonCode.listenerFull.index)
         let id = connectionIDs.wrappingAdd(1, ordering: .relaxed).newValue
         let peer = SocketAddress(address, length: socklen_t(length))
         var line = LogLine(event: "handshake_error", connection: id, timestamp: loop.now)
-        line.add("direction", "inbound")
-        line.add("listener", snapshot.listeners[listenerIndex].name)
-        line.add("peer_addr", peer.description)
+        if case .listener = endpoint {
+            line.add("direction", "inbound")
+            line.add("listener", loop.name(of: endpoint))
+            line.add("peer_addr", peer.description)
+        } else {
+            line.add("direction", "outbound")
+            line.add("listener", loop.name(of: endpoint))
+            line.add("app_addr", peer.description)
+        }
         line.add("reason", ReasonCode.listenerFull.rawValue)
         line.add("detail", "max_connections (\(snapshot.config.maxConnections)) reached")
         loop.logHandshakeError(line, source: peer.ipAddress, reason: .listenerFull)
@@ -277,7 +295,7 @@ private let acceptCallback:
         -> Void = { _, fd, address, length, context in
             guard let context, let address else { return }
             let box = Unmanaged<ListenerContext>.fromOpaque(context).takeUnretainedValue()
-            box.worker.accept(fd: fd, address: address, length: length, listenerIndex: box.listenerIndex)
+            box.worker.accept(fd: fd, address: address, length: length, slot: box.listenerIndex)
         }
 
 private let acceptErrorCallback: @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?) -> Void = {

@@ -26,6 +26,8 @@ public enum ReasonCode: String, Error, Sendable, CaseIterable {
     /// A handshake message other than the peer's Certificate over OpenSSL's limit (an oversized
     /// ClientHello, for instance); an oversized Certificate is `cert_too_large`.
     case handshakeTooLarge = "handshake_too_large"
+    /// Outbound: the server presented a valid SVID whose ID is not in the entry's `server_id`.
+    case unexpectedServerID = "unexpected_server_id"
 
     /// Position in `allCases`, for per-reason counters.
     public var index: Int { Self.allCases.firstIndex(of: self)! }

@@ -118,16 +118,19 @@ public final class WorkerMetrics: Sendable {
 /// Everything `/metrics` serves: per-worker blocks summed at scrape, plus process-level values.
 public final class MetricsRegistry: Sendable {
     public let listenerNames: [String]
+    /// Outbound entries: counted in the slots after the listeners'.
+    public let outboundNames: [String]
     public let reasonNames: [String]
     public let workers: [WorkerMetrics]
     private let reloadsOK = ManagedAtomic<Int64>(0)
     private let reloadsFailed = ManagedAtomic<Int64>(0)
 
-    public init(listenerNames: [String], reasonNames: [String], workers: Int) {
+    public init(listenerNames: [String], outboundNames: [String] = [], reasonNames: [String], workers: Int) {
         self.listenerNames = listenerNames
+        self.outboundNames = outboundNames
         self.reasonNames = reasonNames
         self.workers = (0..<workers).map { _ in
-            WorkerMetrics(listeners: listenerNames.count, reasons: reasonNames.count)
+            WorkerMetrics(listeners: listenerNames.count + outboundNames.count, reasons: reasonNames.count)
         }
     }
 
@@ -186,6 +189,7 @@ public final class MetricsRegistry: Sendable {
                 "ward_bytes_total", ["listener": listener, "direction": "out"], sum { $0.bytes(listener: l, .outgoing) }
             )
         }
+        renderOutbound(&out)
         out.header(
             "ward_revoked_connections_total", "counter", "Open connections closed because a reload withdrew access.")
         out.sample("ward_revoked_connections_total", [:], sum { $0.revokedCount })
@@ -213,6 +217,40 @@ public final class MetricsRegistry: Sendable {
             "Log writes that failed (disk full, I/O error); their lines are kept and retried.")
         out.sample("ward_log_write_failures_total", [:], process.logWriteFailures)
         return out.text
+    }
+
+    /// Outbound entries: connections by outcome (`allow`, or the reason a server or target was
+    /// refused), open connections and bytes (in = app to target, out = target to app).
+    private func renderOutbound(_ out: inout PrometheusText) {
+        guard !outboundNames.isEmpty else { return }
+        let first = listenerNames.count
+        out.header(
+            "ward_outbound_connections_total", "counter",
+            "Outbound connections, by entry and outcome: allow, or the reason code of the refusal.")
+        for (o, name) in outboundNames.enumerated() {
+            out.sample(
+                "ward_outbound_connections_total", ["outbound": name, "outcome": "allow"],
+                sum { $0.connections(listener: first + o, .allow) })
+            for (r, reason) in reasonNames.enumerated() {
+                let value = sum { $0.handshakeErrors(listener: first + o, reason: r) }
+                if value > 0 {
+                    out.sample("ward_outbound_connections_total", ["outbound": name, "outcome": reason], value)
+                }
+            }
+        }
+        out.header("ward_outbound_active_connections", "gauge", "Open outbound connections, by entry.")
+        for (o, name) in outboundNames.enumerated() {
+            out.sample("ward_outbound_active_connections", ["outbound": name], sum { $0.active(listener: first + o) })
+        }
+        out.header("ward_outbound_bytes_total", "counter", "Bytes forwarded: in = app to target, out = target to app.")
+        for (o, name) in outboundNames.enumerated() {
+            out.sample(
+                "ward_outbound_bytes_total", ["outbound": name, "direction": "in"],
+                sum { $0.bytes(listener: first + o, .incoming) })
+            out.sample(
+                "ward_outbound_bytes_total", ["outbound": name, "direction": "out"],
+                sum { $0.bytes(listener: first + o, .outgoing) })
+        }
     }
 
     private func sum(_ value: (WorkerMetrics) -> Int64) -> Int64 { workers.reduce(0) { $0 + value($1) } }

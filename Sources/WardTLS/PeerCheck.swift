@@ -16,6 +16,17 @@ public final class PeerCheck {
     public var validUntil: Int64?
     /// notAfter − notBefore of the leaf, in seconds.
     public var lifetimeSeconds: Int64 = 0
+    /// Set on the client side: the server's ID must meet it, or the handshake fails with
+    /// `unexpected_server_id`. Unowned by the check; the caller keeps it alive.
+    public weak var requirement: (any PeerIDRequirement)?
 
     public init() {}
+}
+
+/// Which SPIFFE IDs a server may have (an outbound entry's `server_id`), checked while the
+/// handshake runs: an unexpected server never sees Ward's certificate (TLS 1.3) or any byte.
+public protocol PeerIDRequirement: AnyObject {
+    func admits(_ id: SPIFFEID) -> Bool
+    /// For the refusal's detail: what was expected.
+    var expectation: String { get }
 }

@@ -30,7 +30,7 @@ public final class TLSStream: EventedSocket, ByteStream {
 
     let ssl: OpaquePointer
     /// Kept alive while the session is: its verify callback points into it.
-    private let context: TLSServerContext
+    private let context: TLSContext
     public let check: PeerCheck
     private let staging: StagingBuffer
     public weak var delegate: (any ByteStreamDelegate)?
@@ -45,7 +45,7 @@ public final class TLSStream: EventedSocket, ByteStream {
     /// A stream for an accepted (`.server`) or connecting (`.client`) socket. Nil if OpenSSL
     /// cannot allocate; `fd` is then still the caller's.
     public init?(
-        context: TLSServerContext, fd: Int32, base: OpaquePointer, check: PeerCheck, staging: StagingBuffer,
+        context: TLSContext, fd: Int32, base: OpaquePointer, check: PeerCheck, staging: StagingBuffer,
         role: Role = .server
     ) {
         guard let ssl = SSL_new(context.context) else { return nil }
@@ -72,6 +72,12 @@ public final class TLSStream: EventedSocket, ByteStream {
     }
 
     // MARK: Handshake
+
+    /// Client role, before `startHandshake`: the SNI to send, and the outbound entry whose kept
+    /// sessions to resume with (and keep the new ones in).
+    public func prepareClientHello(serverName: String?, entry: Int) {
+        (context as? TLSClientContext)?.prepare(ssl, serverName: serverName, entry: entry)
+    }
 
     /// Starts (client) or awaits (server) the handshake; the delegate hears how it ends.
     public func startHandshake() {

@@ -64,6 +64,7 @@ extension WardCommand {
                 for warning in warnings { print(TerminalText.escape(warning)) }
                 print(
                     "\(options.config): OK: \(config.listeners.count) listener(s), "
+                        + (config.outbound.isEmpty ? "" : "\(config.outbound.count) outbound, ")
                         + "\(config.trustDomains.count) trust domain(s), \(snapshot.ruleSet.ruleCount) rule(s), "
                         + "default \(config.rules.defaultAction.rawValue), identity \(snapshot.ownID)"
                         + (warnings.isEmpty ? "" : ", \(warnings.count) warning(s)"))

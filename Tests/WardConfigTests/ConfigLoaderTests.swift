@@ -84,7 +84,7 @@ import WardPolicy
         let config = Self.validConfig.replacingOccurrences(of: "workers: 3", with: "wrokers: 3")
         #expect(
             try problems(config: config) == [
-                "\(folder)/ward.yaml:16: unknown key 'wrokers' in config (valid: admin, admin_allow_remote, group, handshake_timeout, identity, idle_timeout, listeners, log, log_chain, log_checkpoint_interval, log_checkpoint_lines, max_cert_size, max_chain_depth, max_connections, max_file_size, max_svid_lifetime, peer_expiry, resumption, rules, security_level, svid_min_remaining, trust_domains, upstream_connect_timeout, user, workers)"
+                "\(folder)/ward.yaml:16: unknown key 'wrokers' in config (valid: admin, admin_allow_remote, group, handshake_timeout, identity, idle_timeout, listeners, log, log_chain, log_checkpoint_interval, log_checkpoint_lines, max_cert_size, max_chain_depth, max_connections, max_file_size, max_svid_lifetime, outbound, peer_expiry, resumption, rules, security_level, svid_min_remaining, trust_domains, upstream_connect_timeout, user, workers)"
             ])
     }
 
@@ -255,6 +255,111 @@ import WardPolicy
         #expect(found.contains("\(file):14: max_svid_ttl must be a duration such as 30m or 24h"))
         #expect(found.contains { $0.hasPrefix("\(file):15: unknown key 'weekday' in when") })
         #expect(found.count == 9)
+    }
+
+    static let outboundOnly = """
+        identity: {cert: svid.pem, key: svid.key}
+        trust_domains:
+          example.org: example.org.pem
+        outbound:
+          - name: orders-api
+            listen: 127.0.0.1:9001
+            target: orders.internal:8443
+            server_id: [spiffe://example.org/ns/prod/sa/orders, "spiffe://example.org/ns/prod/*"]
+            server_name: orders.internal
+
+        """
+
+    @Test func configWithOnlyOutboundNeedsNoListenersOrRules() throws {
+        let config = try ConfigLoader.load(path: try write(config: Self.outboundOnly)).get()
+        #expect(config.listeners.isEmpty)
+        #expect(config.rulesFile == nil)
+        #expect(config.outbound.map(\.name) == ["orders-api"])
+        #expect(config.outbound[0].target == HostPort(host: "orders.internal", port: 8443))
+        #expect(config.outbound[0].serverIDs.count == 2)
+        #expect(config.outbound[0].serverName == "orders.internal")
+        #expect(config.outbound[0].allowRemote == false)
+        #expect(config.watchedFiles.count == 4)
+    }
+
+    @Test func configWithNeitherListenersNorOutboundIsRefused() throws {
+        let config = Self.outboundOnly.components(separatedBy: "outbound:")[0]
+        let found = try problems(config: config)
+        #expect(found == ["\(folder)/ward.yaml:1: config is missing required key 'listeners'"])
+    }
+
+    @Test func outboundProblemsNameTheirLines() throws {
+        let config = """
+            identity: {cert: svid.pem, key: svid.key}
+            trust_domains:
+              example.org: example.org.pem
+            listeners:
+              - {name: orders, listen: 127.0.0.1:8443, upstream: 127.0.0.1:8080}
+            rules: rules.yaml
+            outbound:
+              - name: orders
+                listen: 10.0.0.5:9001
+                target: orders.internal
+                server_id: [spiffe://example.org/ns/*x]
+                server_name: "bad name"
+                colour: blue
+              - name: ok-remote
+                listen: 10.0.0.5:9002
+                allow_remote: true
+                target: orders.internal:8443
+                server_id: spiffe://partner.org/ns/prod/sa/x
+              - name: orders
+                listen: 127.0.0.1:9003
+                target: a:1
+                server_id: []
+
+            """
+        let found = try problems(config: config)
+        let file = "\(folder)/ward.yaml"
+        #expect(found.contains { $0.hasPrefix("\(file):10: target 'orders.internal' must be HOST:PORT") })
+        #expect(
+            found.contains {
+                $0.hasPrefix("\(file):11: server_id 'spiffe://example.org/ns/*x': 'x*'")
+                    || $0.hasPrefix("\(file):11: server_id 'spiffe://example.org/ns/*x'")
+            })
+        #expect(found.contains { $0.hasPrefix("\(file):12: server_name 'bad name' must be a DNS name") })
+        #expect(found.contains { $0.hasPrefix("\(file):13: unknown key 'colour' in outbound entry") })
+        #expect(
+            found.contains(
+                "\(file):18: server_id 'spiffe://partner.org/ns/prod/sa/x': trust domain partner.org has no bundle in trust_domains"
+            ))
+        #expect(found.contains("\(file):22: server_id must name at least one SPIFFE ID or pattern"))
+        #expect(found.count == 7, "\(found.joined(separator: "\n"))")
+    }
+
+    @Test func outboundNamesAreUniqueAcrossListeners() throws {
+        let config =
+            Self.validConfig + """
+                outbound:
+                  - name: orders
+                    listen: 127.0.0.1:9001
+                    target: orders.internal:8443
+                    server_id: [spiffe://example.org/ns/prod/sa/orders]
+                  - name: remote
+                    listen: 192.0.2.1:9001
+                    target: orders.internal:8443
+                    server_id: [spiffe://example.org/ns/prod/sa/orders]
+
+                """
+        let found = try problems(config: config)
+        let file = "\(folder)/ward.yaml"
+        #expect(
+            found == [
+                "\(file):25: listen '192.0.2.1:9001' is not a loopback address; set allow_remote: true on the entry to allow it",
+                "\(file):20: duplicate name 'orders' (first at line 8): listener and outbound names must be unique",
+            ])
+    }
+
+    @Test func serverNamesAreDNSNames() {
+        for good in ["orders.internal", "a", "x-1.example.org"] { #expect(ConfigLoader.isHostName(good), "\(good)") }
+        for bad in ["", "-a", "a..b", "a b", "a_b", String(repeating: "a", count: 64), "10.0.0.1:80"] {
+            #expect(!ConfigLoader.isHostName(bad), "\(bad)")
+        }
     }
 
     @Test func parsesHostPorts() {
