@@ -44,7 +44,7 @@ struct Admission {
                     into: check, currentKey: record.flatMap { loop.snapshot.verificationKeys[$0.id.trustDomain] },
                     now: Int64(loop.now.tv_sec)) ?? false
             if !restored {
-                guard loop.tls.verifyPeer(of: stream, into: check) else {
+                guard loop.tls(for: endpoint).verifyPeer(of: stream, into: check) else {
                     return .refused(check.reason ?? .untrustedChain, check.detail, nil)
                 }
             }
@@ -54,7 +54,7 @@ struct Admission {
         }
         if generation != loop.generation {
             generation = loop.generation
-            if let (reason, detail) = loop.tls.reverifyPeer(of: stream) {
+            if let (reason, detail) = loop.tls(for: endpoint).reverifyPeer(of: stream) {
                 check.reason = reason
                 return .refused(reason, detail, nil)
             }
@@ -73,13 +73,15 @@ struct Admission {
         generation = loop.generation
         let key = loop.snapshot.verificationKeys[peer.trustDomain]
         if key != verifiedUnder {
-            let fingerprint = chainFingerprint ?? stream.peerChainFingerprint ?? ""
+            // Servers and clients are held to different key usages: one verdict per role.
+            let fingerprint =
+                chainFingerprint ?? (endpoint.isOutbound ? "server:" : "client:") + (stream.peerChainFingerprint ?? "")
             chainFingerprint = fingerprint
             let verdict: (ReasonCode, String?)?
             if let known = loop.chainVerdicts[fingerprint] {
                 verdict = known
             } else {
-                verdict = loop.tls.reverifyPeer(of: stream)
+                verdict = loop.tls(for: endpoint).reverifyPeer(of: stream)
                 loop.chainVerdicts[fingerprint] = .some(verdict)
             }
             if let (reason, detail) = verdict { return .refused(reason, detail, nil) }

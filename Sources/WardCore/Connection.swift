@@ -23,6 +23,11 @@ enum Endpoint {
     case listener(Int)
     /// The local app called an outbound entry: plaintext in, TLS to the target.
     case outbound(Int)
+
+    var isOutbound: Bool {
+        if case .outbound = self { return true }
+        return false
+    }
 }
 
 /// One connection from accept to close, in either direction.
@@ -106,7 +111,7 @@ final class Connection: TLSHandshakeDelegate, SpliceDelegate {
     /// Inbound: `fd` is the accepted client socket; the handshake starts at once.
     func start(fd: Int32) {
         timer = event_new(loop.base, -1, 0, timerCallback, context)
-        guard case .listener = endpoint else {
+        guard !endpoint.isOutbound else {
             // Outbound: `fd` is the app; it is not read until the server is admitted.
             plain = SocketStream(fd: fd, base: loop.base)
             connectUpstream()
@@ -179,7 +184,7 @@ final class Connection: TLSHandshakeDelegate, SpliceDelegate {
         counted = true
         metrics.active(listener: slot, 1)
         armExpiry()
-        if case .outbound = endpoint { startForwarding() } else { connectUpstream() }
+        if endpoint.isOutbound { startForwarding() } else { connectUpstream() }
     }
 
     private func failHandshake(_ reason: ReasonCode, detail: String?) {
@@ -277,7 +282,9 @@ final class Connection: TLSHandshakeDelegate, SpliceDelegate {
         closeReason = .upstreamUnreachable
         closeDetail = detail
         // Inbound it follows an allow; outbound nothing else counts the attempt.
-        if case .outbound = endpoint { loop.metrics.handshakeError(listener: slot, reason: closeReason!.index) }
+        if endpoint.isOutbound {
+            loop.metrics.handshakeError(listener: slot, reason: ReasonCode.upstreamUnreachable.index)
+        }
         close(cause: .error)
     }
 
@@ -431,7 +438,7 @@ final class Connection: TLSHandshakeDelegate, SpliceDelegate {
         expiryTimer = nil
         // Outbound, unless the app itself ended the stream, it may still be sending: a close with
         // its bytes unread would reset it, so it reads a plain end of stream instead.
-        if linger, case .outbound = endpoint, !appEnded, let plain, !plain.isClosed {
+        if linger, endpoint.isOutbound, !appEnded, let plain, !plain.isClosed {
             loop.lingering.close(plain.detachSocket())
         }
         splice = nil
@@ -471,7 +478,7 @@ final class Connection: TLSHandshakeDelegate, SpliceDelegate {
         line.add("peer_id", check.id?.description)
         line.add("trust_domain", check.id?.trustDomain.name)
         // Outbound, the entry is the rule: its `server_id` decides every event.
-        if case .outbound = endpoint { line.add("rule", endpointName) } else { line.add("rule", decision?.rule) }
+        if endpoint.isOutbound { line.add("rule", endpointName) } else { line.add("rule", decision?.rule) }
         line.add("tls_version", tlsVersion)
         line.add("cipher", cipher)
         line.add("cert_serial", check.serialHex)

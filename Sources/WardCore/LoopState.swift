@@ -56,6 +56,12 @@ final class LoopState {
     var snapshot: RuntimeSnapshot { publication.snapshot }
     var tls: TLSServerContext { publication.contexts[workerIndex].server }
     var clientTLS: TLSClientContext? { publication.contexts[workerIndex].client }
+
+    /// The context that verifies `endpoint`'s peers: clients for a listener, servers for an
+    /// outbound entry (there is a client context whenever there are outbound entries).
+    func tls(for endpoint: Endpoint) -> TLSContext {
+        endpoint.isOutbound ? clientTLS ?? tls : tls
+    }
     var generation: UInt64 { publication.generation }
 
     /// An endpoint's slot in the counters and `ListenerLoad`: listeners first, then outbound

@@ -17,8 +17,8 @@ public final class PeerCheck {
     /// notAfter − notBefore of the leaf, in seconds.
     public var lifetimeSeconds: Int64 = 0
     /// Set on the client side: the server's ID must meet it, or the handshake fails with
-    /// `unexpected_server_id`. Unowned by the check; the caller keeps it alive.
-    public weak var requirement: (any PeerIDRequirement)?
+    /// `unexpected_server_id`. Held strongly: a reload mid-handshake must not drop it.
+    public var requirement: (any PeerIDRequirement)?
 
     public init() {}
 }

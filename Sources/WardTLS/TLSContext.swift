@@ -93,8 +93,8 @@ public class TLSContext {
     /// Verifies the certificate chain an established session's peer presented against this
     /// context's trust bundles, as after a reload. Returns the refusal reason, or nil if still valid.
     public func reverifyPeer(of stream: TLSStream) -> (ReasonCode, String?)? {
+        // The chain only: the caller decides on the ID against today's rules or `server_id`.
         let check = PeerCheck()
-        check.requirement = stream.check.requirement
         guard verifyPeer(of: stream, into: check) else { return (check.reason ?? .untrustedChain, check.detail) }
         return nil
     }

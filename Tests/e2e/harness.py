@@ -89,8 +89,9 @@ class Ward:
         self.log_path = os.path.join(folder, "connections.log")
         with open(self.config_path, "w") as f:
             f.write(config_text)
-        with open(os.path.join(folder, "rules.yaml"), "w") as f:
-            f.write(rules_text)
+        if rules_text is not None:  # None: a config without `rules:` (outbound only)
+            with open(os.path.join(folder, "rules.yaml"), "w") as f:
+                f.write(rules_text)
         self.stderr_path = os.path.join(folder, "ward.stderr")
         self.process = None
 
@@ -155,17 +156,41 @@ class Ward:
         raise AssertionError(f"no log line with {fields}; saw {self.lines(since)}")
 
 
-def config(pki_dir, listeners, extra=""):
+def address(value):
+    """A port number means 127.0.0.1:PORT; anything else is used as written (HOST:PORT)."""
+    return f"127.0.0.1:{value}" if isinstance(value, int) else value
+
+
+def config(pki_dir, listeners, extra="", *, identity="ward", outbound=(), rules=True):
+    """A ward.yaml. `listeners` holds (name, listen port, upstream port) and, optionally, a fourth
+    item: a dict of more keys for that listener (e.g. {"proxy_protocol": "v2"}). `identity` names
+    the SVID in `pki_dir` (NAME.pem, NAME.key). `outbound` holds dicts with name, listen, target,
+    server_id (a list) and optionally server_name and allow_remote; listen and target are ports on
+    127.0.0.1 or HOST:PORT strings. With outbound entries and no listeners the `listeners:` key is
+    left out; `rules=False` leaves out `rules:`. The defaults give the config the tests always used."""
     lines = [
         "identity:",
-        f"  cert: {pki_dir}/ward.pem",
-        f"  key: {pki_dir}/ward.key",
+        f"  cert: {pki_dir}/{identity}.pem",
+        f"  key: {pki_dir}/{identity}.key",
         "trust_domains:",
         f"  example.org: {pki_dir}/example.org.bundle.pem",
         f"  partner.org: {pki_dir}/partner.org.bundle.pem",
-        "listeners:",
     ]
-    for name, listen, upstream in listeners:
+    if listeners or not outbound:
+        lines.append("listeners:")
+    for name, listen, upstream, *more in listeners:
         lines += [f"  - name: {name}", f"    listen: 127.0.0.1:{listen}", f"    upstream: 127.0.0.1:{upstream}"]
-    lines += ["rules: rules.yaml", "log: connections.log", "workers: 2", "admin: admin.sock"]
+        lines += [f"    {key}: {value}" for key, value in (more[0] if more else {}).items()]
+    if outbound:
+        lines.append("outbound:")
+    for entry in outbound:
+        lines += [f"  - name: {entry['name']}", f"    listen: {address(entry['listen'])}",
+                  f"    target: {address(entry['target'])}", f"    server_id: [{', '.join(entry['server_id'])}]"]
+        for key in ("server_name", "allow_remote"):
+            if key in entry:
+                value = entry[key]
+                lines.append(f"    {key}: {str(value).lower() if isinstance(value, bool) else value}")
+    if rules:
+        lines.append("rules: rules.yaml")
+    lines += ["log: connections.log", "workers: 2", "admin: admin.sock"]
     return "\n".join(lines) + "\n" + extra

@@ -1,7 +1,7 @@
 """PROXY protocol v2 towards the upstream (`proxy_protocol: v2` on a listener): before any byte of
 the client's, the upstream reads a v2 header with the client's and the listener's addresses, the
 TLS version and cipher (PP2_TYPE_SSL) and the client's SPIFFE ID (TLV 0xE0). The upstream here is a
-strict parser written from HAProxy's specification, independent of Ward's encoder."""
+strict parser written from HAProxy's specification, independent of Ward's encoder (proxyv2.py)."""
 import os
 import socket
 import ssl
@@ -11,86 +11,10 @@ import threading
 
 import harness
 from clients import context
+from proxyv2 import ProxyUpstream, parse_tlvs
 
 WEB = "spiffe://example.org/ns/prod/sa/web"
 RULES = f"default: deny\nrules:\n  - name: web\n    action: allow\n    from: [{WEB}]\n    to: [svc]\n"
-SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
-
-
-def read_exactly(conn, count):
-    data = b""
-    while len(data) < count:
-        chunk = conn.recv(count - len(data))
-        if not chunk:
-            raise EOFError(f"EOF after {len(data)} of {count} bytes")
-        data += chunk
-    return data
-
-
-def parse_tlvs(data):
-    tlvs = []
-    while data:
-        assert len(data) >= 3, f"truncated TLV: {data!r}"
-        kind, length = data[0], struct.unpack("!H", data[1:3])[0]
-        assert len(data) >= 3 + length, f"TLV 0x{kind:02x} claims {length} bytes, {len(data) - 3} left"
-        tlvs.append((kind, data[3:3 + length]))
-        data = data[3 + length:]
-    return tlvs
-
-
-def read_header(conn):
-    """Parses one PROXY v2 header; returns (source, destination, tlvs)."""
-    head = read_exactly(conn, 16)
-    assert head[:12] == SIGNATURE, head
-    assert head[12] == 0x21, f"version/command 0x{head[12]:02x}"
-    family, length = head[13], struct.unpack("!H", head[14:16])[0]
-    body = read_exactly(conn, length)
-    if family == 0x11:
-        src, dst = socket.inet_ntop(socket.AF_INET, body[0:4]), socket.inet_ntop(socket.AF_INET, body[4:8])
-        sport, dport = struct.unpack("!HH", body[8:12])
-        rest = body[12:]
-    elif family == 0x21:
-        src, dst = socket.inet_ntop(socket.AF_INET6, body[0:16]), socket.inet_ntop(socket.AF_INET6, body[16:32])
-        sport, dport = struct.unpack("!HH", body[32:36])
-        rest = body[36:]
-    else:
-        raise AssertionError(f"family 0x{family:02x}")
-    return (src, sport), (dst, dport), parse_tlvs(rest)
-
-
-class ProxyUpstream:
-    """Reads the header, records it, then echoes one line."""
-
-    def __init__(self):
-        self.server = socket.socket()
-        self.server.bind(("127.0.0.1", 0))
-        self.server.listen(16)
-        self.port = self.server.getsockname()[1]
-        self.headers = []
-        self.errors = []
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    def serve(self):
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            with conn:
-                try:
-                    self.headers.append(read_header(conn))
-                    line = b""
-                    while not line.endswith(b"\n"):
-                        chunk = conn.recv(4096)
-                        if not chunk:
-                            break
-                        line += chunk
-                    conn.sendall(b"echo: " + line)
-                except (AssertionError, EOFError, OSError) as error:
-                    self.errors.append(repr(error))
-
-    def close(self):
-        self.server.close()
 
 
 def test_upstream_reads_a_proxy_v2_header_with_the_callers_spiffe_id(certs, tmp_path):
