@@ -83,6 +83,11 @@ package struct LogLine {
     }
 
     static func escape(_ value: String, into out: inout String) {
+        // Nearly every value (IDs, addresses, hex) needs no escaping: one scan, one append.
+        if !value.utf8.contains(where: { $0 < 0x20 || $0 == 0x22 || $0 == 0x5C }) {
+            out += value
+            return
+        }
         for scalar in value.unicodeScalars {
             switch scalar {
             case "\"": out += "\\\""

@@ -1,4 +1,5 @@
 internal import COpenSSL
+import Glibc
 import WardIdentity
 import WardSystem
 
@@ -17,6 +18,24 @@ public final class SVIDVerifier {
     /// Per trust domain, a key naming its bundle and the limits above: a session verified under
     /// a key is not verified again on resumption while the key stays the same (`SessionRecord`).
     public let verificationKeys: [TrustDomain: String]
+
+    /// Chains this verifier accepted, by the SHA-256 of each certificate presented and the leaf
+    /// policy: a workload presents the same SVID on every connection until it rotates, and its
+    /// replicas share intermediates, so most full handshakes meet a chain already verified. The
+    /// handshake still proves the peer holds the key; only the chain's verification (most of it
+    /// an ECDSA verify) and the leaf's parsing are skipped, until the earliest notAfter in the
+    /// chain. Lives as long as the verifier: a publication with other bundles or limits starts
+    /// empty. Refusals are never kept.
+    private var verifiedChains: [String: VerifiedChain] = [:]
+    static let verifiedChainCapacity = 4096
+
+    private struct VerifiedChain {
+        var id: SPIFFEID
+        var serialHex: String
+        var notAfter: Int64
+        var validUntil: Int64?
+        var lifetimeSeconds: Int64
+    }
 
     public init(
         bundles: [TrustBundle], policy: SVIDLeafPolicy, maxChainDepth: Int = 5, securityLevel: Int = 2,
@@ -52,8 +71,23 @@ public final class SVIDVerifier {
                 check, .chainTooLong, X509_V_ERR_CERT_CHAIN_TOO_LONG,
                 detail: "\(OPENSSL_sk_num(untrusted)) certificates, max_chain_depth is \(maxChainDepth)")
         }
+        let leafDigest = certificate.sha256Hex
+        check.sha256Hex = leafDigest
+        let cacheKey =
+            time == nil ? chainKey(leaf: leaf, leafDigest: leafDigest, untrusted: untrusted, policy: policy) : nil
+        if let cacheKey, let known = verifiedChains[cacheKey] {
+            let now = Int64(Glibc.time(nil))
+            if now < known.validUntil ?? known.notAfter {
+                check.id = known.id
+                check.serialHex = known.serialHex
+                check.notAfter = known.notAfter
+                check.validUntil = known.validUntil
+                check.lifetimeSeconds = known.lifetimeSeconds
+                return nil
+            }
+            verifiedChains[cacheKey] = nil
+        }
         check.serialHex = certificate.serialHex
-        check.sha256Hex = certificate.sha256Hex
         check.notAfter = certificate.notAfter
         let facts = certificate.svidLeaf
         check.lifetimeSeconds = facts.lifetimeSeconds
@@ -70,7 +104,30 @@ public final class SVIDVerifier {
         guard let store = stores[id.trustDomain] else {
             return refuse(check, .unknownTrustDomain, X509_V_ERR_APPLICATION_VERIFICATION)
         }
-        return verifyChain(leaf: leaf, untrusted: untrusted, store: store, check: check, at: time)
+        let error = verifyChain(leaf: leaf, untrusted: untrusted, store: store, check: check, at: time)
+        if error == nil, let cacheKey, let notAfter = check.notAfter {
+            if verifiedChains.count >= Self.verifiedChainCapacity { verifiedChains.removeAll(keepingCapacity: true) }
+            verifiedChains[cacheKey] = VerifiedChain(
+                id: id, serialHex: check.serialHex ?? "", notAfter: notAfter, validUntil: check.validUntil,
+                lifetimeSeconds: check.lifetimeSeconds)
+        }
+        return error
+    }
+
+    /// Names a presented chain under a leaf policy: the digests of every certificate, in order.
+    private func chainKey(
+        leaf: OpaquePointer, leafDigest: String, untrusted: OpaquePointer?, policy: SVIDLeafPolicy
+    ) -> String {
+        var key = "\(policy.role)/\(policy.maximumLifetimeSeconds)/" + leafDigest
+        if let untrusted {
+            for index in 0..<OPENSSL_sk_num(untrusted) {
+                guard let certificate = OPENSSL_sk_value(untrusted, index) else { continue }
+                let pointer = OpaquePointer(certificate)
+                // A client's stack starts with the leaf itself, whose digest is already in the key.
+                key += "/" + (pointer == leaf ? "" : Certificate(borrowing: pointer).sha256Hex)
+            }
+        }
+        return key
     }
 
     private func verifyChain(

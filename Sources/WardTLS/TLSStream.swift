@@ -90,14 +90,21 @@ public final class TLSStream: EventedSocket, ByteStream {
         ERR_clear_error()
         let result = SSL_do_handshake(ssl)
         let savedErrno = errno
-        let error = result == 1 ? SSL_ERROR_NONE : SSL_get_error(ssl, result)
-        flushStaged()
         if result == 1 {
             isHandshaking = false
-            watchReadable(false)
-            handshakeDelegate?.handshakeCompleted(self)
+            // What the handshake's last flight wrote (a client's Finished, a server's ticket)
+            // leaves after the delegate ran: with the first bytes it forwards, in one send.
+            withExtendedLifetime(self) {
+                handshakeDelegate?.handshakeCompleted(self)
+                flushStaged()
+                // Nothing reads this stream until a splice takes it (inbound: once the upstream
+                // connects); an outbound splice started above and keeps it watched.
+                if delegate == nil { watchReadable(false) }
+            }
             return
         }
+        let error = SSL_get_error(ssl, result)
+        flushStaged()
         if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) && sendError == 0 { return }
         isHandshaking = false
         watchReadable(false)
