@@ -290,11 +290,12 @@ final class AdminServer {
         }.sorted { $0.id < $1.id }
         let list: [[String: Any]] = infos.map { info in
             var entry: [String: Any] = [
-                "id": info.id, "listener": info.listener, "peer_addr": info.peerAddress,
+                "id": info.id, "direction": info.direction, "listener": info.listener, "peer_addr": info.peerAddress,
                 "since": Self.rfc3339(milliseconds: info.sinceEpochMilliseconds), "bytes_in": info.bytesIn,
                 "bytes_out": info.bytesOut, "state": info.state,
             ]
             if let peer = info.peerID { entry["peer_id"] = peer }
+            if let app = info.appAddress { entry["app_addr"] = app }
             return entry
         }
         return Self.json(["connections": list, "count": list.count])

@@ -77,7 +77,8 @@ final class Reloader {
         // the recorded digest, so the watcher's next look reloads again instead of calling it
         // unchanged. Hashing is cheap next to parsing, so a no-op is settled here too.
         let before = Self.digests(of: current.snapshot.config)
-        if before.files == current.filesDigest {
+        // A reload someone asked for also follows names that now resolve elsewhere (DNS).
+        if before.files == current.filesDigest, trigger == "file" || !SnapshotBuilder.addressesMoved(current.snapshot) {
             outcome.ok = true
             outcome.changed = false
             // The watcher sees every write; only a reload someone asked for is worth a line, and

@@ -132,6 +132,8 @@ public enum SnapshotBuilder {
             }
         }
 
+        if problems.isEmpty { problems += ownAddressProblems(config, listeners: listeners, outbound: outbound) }
+
         guard problems.isEmpty, let key, let ownID else { return .failure(ConfigProblems(problems)) }
         let snapshot = RuntimeSnapshot(
             config: config, identity: IdentityMaterial(chain: chain, key: key), ownID: ownID, bundles: bundles,
@@ -145,6 +147,55 @@ public enum SnapshotBuilder {
                 ConfigProblems([ConfigProblem(file: config.identityCert.path, line: nil, message: "\(error)")]))
         }
         return .success(snapshot)
+    }
+
+    /// Every address this Ward listens on must be its own: two sockets on one address split its
+    /// connections between them (SO_REUSEPORT lets both bind), and a target or upstream naming
+    /// one is a loop through Ward itself, which multiplies one connection until no descriptor
+    /// is left. Wildcard listens (0.0.0.0, ::) overlap every address on their port.
+    static func ownAddressProblems(
+        _ config: WardConfiguration, listeners: [ResolvedListener], outbound: [ResolvedOutbound]
+    ) -> [ConfigProblem] {
+        let own: [(what: String, address: SocketAddress, line: Int?)] =
+            zip(listeners, config.listeners).map { ("listener \($0.name)", $0.listen, $1.location.line) }
+            + zip(outbound, config.outbound).map { ("outbound \($0.name)", $0.listen, $1.location.line) }
+        var problems: [ConfigProblem] = []
+        for (index, entry) in own.enumerated() {
+            guard let first = own[..<index].first(where: { $0.address.overlaps(entry.address) }) else { continue }
+            problems.append(
+                ConfigProblem(
+                    file: config.configPath, line: entry.line,
+                    message:
+                        "\(entry.what): listen \(entry.address) is the same address as \(first.what)'s (\(first.address)) "
+                        + "at line \(first.line ?? 0): it would take some of its connections"))
+        }
+        func loop(_ what: String, _ key: String, _ address: SocketAddress, line: Int?) {
+            guard let mine = own.first(where: { $0.address.overlaps(address) }) else { return }
+            problems.append(
+                ConfigProblem(
+                    file: config.configPath, line: line,
+                    message:
+                        "\(what): \(key) \(address) is this Ward's own listen address (\(mine.what)): a loop through Ward itself"
+                ))
+        }
+        for (resolved, entry) in zip(outbound, config.outbound) {
+            loop("outbound \(entry.name)", "target", resolved.target, line: entry.location.line)
+        }
+        for (resolved, listener) in zip(listeners, config.listeners) {
+            loop("listener \(listener.name)", "upstream", resolved.upstream, line: listener.location.line)
+        }
+        return problems
+    }
+
+    /// Whether a name a listener's upstream or an outbound target is written as now resolves
+    /// elsewhere than when `snapshot` was built: a reload the operator asks for then publishes,
+    /// though no file changed.
+    public static func addressesMoved(_ snapshot: RuntimeSnapshot) -> Bool {
+        let written = snapshot.config.listeners.map(\.upstream) + snapshot.config.outbound.map(\.target)
+        let resolved = snapshot.listeners.map(\.upstream) + snapshot.outbound.map(\.target)
+        return zip(written, resolved).contains { hostPort, address in
+            (try? SocketAddress.resolve(hostPort))?.description != address.description
+        }
     }
 
     /// Config, rules and every file they name, as `ward check` and `ward run` load them.

@@ -456,7 +456,8 @@ final class Connection: TLSHandshakeDelegate, SpliceDelegate {
     /// What `GET /connections` shows; built on the loop thread.
     var info: ConnectionInfo {
         ConnectionInfo(
-            id: id, listener: endpointName, peerID: check.id?.description, peerAddress: peerAddress,
+            id: id, direction: endpoint.isOutbound ? "outbound" : "inbound", listener: endpointName,
+            peerID: check.id?.description, peerAddress: peerAddress, appAddress: appAddress,
             sinceEpochMilliseconds: acceptedAt, bytesIn: bytesIn, bytesOut: bytesOut,
             state: "\(state)")
     }
@@ -502,9 +503,12 @@ private let timerCallback: @convention(c) (Int32, Int16, UnsafeMutableRawPointer
 /// One open connection, as `GET /connections` reports it.
 package struct ConnectionInfo: Sendable {
     package var id: UInt64
+    package var direction: String
     package var listener: String
     package var peerID: String?
     package var peerAddress: String
+    /// Outbound: the local app's address.
+    package var appAddress: String?
     package var sinceEpochMilliseconds: Int64
     package var bytesIn: Int64
     package var bytesOut: Int64

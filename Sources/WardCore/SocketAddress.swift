@@ -79,6 +79,21 @@ public struct SocketAddress: Sendable, CustomStringConvertible {
         }
     }
 
+    /// Whether a socket bound to one address would take connections meant for the other: the
+    /// same port, and the same IP or either one the wildcard (0.0.0.0 or ::).
+    package func overlaps(_ other: SocketAddress) -> Bool {
+        guard let port, port == other.port, let ip = ipAddress, let otherIP = other.ipAddress else { return false }
+        return ip == otherIP || ip.isUnspecified || otherIP.isUnspecified
+    }
+
+    package var port: UInt16? {
+        withUnsafeBytes(of: storage) { raw -> UInt16? in
+            if family == AF_INET { return UInt16(bigEndian: raw.load(as: sockaddr_in.self).sin_port) }
+            if family == AF_INET6 { return UInt16(bigEndian: raw.load(as: sockaddr_in6.self).sin6_port) }
+            return nil
+        }
+    }
+
     /// The address as a PROXY v2 header carries it: raw address bytes and the port.
     var proxyAddress: ProxyHeader.Address? {
         withUnsafeBytes(of: storage) { raw -> ProxyHeader.Address? in

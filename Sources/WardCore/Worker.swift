@@ -264,10 +264,12 @@ package final class Worker: @unchecked Sendable {
             line.add("direction", "inbound")
             line.add("listener", loop.name(of: endpoint))
             line.add("peer_addr", peer.description)
-        } else {
+        } else if case .outbound(let index) = endpoint {
             line.add("direction", "outbound")
             line.add("listener", loop.name(of: endpoint))
+            line.add("peer_addr", snapshot.outbound[index].target.description)
             line.add("app_addr", peer.description)
+            line.add("rule", loop.name(of: endpoint))
         }
         line.add("reason", ReasonCode.listenerFull.rawValue)
         line.add("detail", "max_connections (\(snapshot.config.maxConnections)) reached")

@@ -23,6 +23,8 @@ public struct IPAddress: Hashable, Sendable, CustomStringConvertible {
     public var isIPv4: Bool { high == 0 && low >> 32 == 0xffff }
     /// 127.0.0.0/8 or ::1.
     public var isLoopback: Bool { isIPv4 ? (low >> 24) & 0xff == 127 : high == 0 && low == 1 }
+    /// 0.0.0.0 or ::, the wildcard a socket binds to for every address.
+    public var isUnspecified: Bool { isIPv4 ? low & 0xffff_ffff == 0 : high == 0 && low == 0 }
 
     public init(high: UInt64, low: UInt64) {
         self.high = high

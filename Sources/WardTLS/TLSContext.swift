@@ -64,6 +64,12 @@ public class TLSContext {
         WardShim_SSL_CTX_set_max_cert_list(context, maxCertSize)
         // Idle connections give their 34 KiB of record buffers back.
         _ = WardShim_SSL_CTX_set_mode(context, Int(SSL_MODE_RELEASE_BUFFERS))
+        // An SSL_read that handled a post-handshake message (KeyUpdate, ticket) returns once the
+        // read-ahead buffer is empty instead of reading on: a peer sending nothing else holds
+        // the loop for one buffer at a time, not for as long as it keeps sending.
+        _ = SSL_CTX_ctrl(context, SSL_CTRL_CLEAR_MODE, Int(SSL_MODE_AUTO_RETRY), nil)
+        // Counts the peer's post-handshake messages (`TLSStream.maxLateMessages`).
+        SSL_CTX_set_msg_callback(context, tlsMessageCallback)
         // With read-ahead (set per stream), one recv may bring this much: several records.
         SSL_CTX_set_default_read_buffer_len(context, TLSStream.readBufferSize)
         guard WardShim_SSL_CTX_set1_groups_list(context, "X25519:P-256:P-384") == 1,

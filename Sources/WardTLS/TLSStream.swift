@@ -37,6 +37,9 @@ public final class TLSStream: EventedSocket, ByteStream {
     public weak var handshakeDelegate: (any TLSHandshakeDelegate)?
     public private(set) var isHandshaking = false
     private var finishRequested = false
+    /// Post-handshake handshake messages from the peer in the current window.
+    private var lateMessages = 0
+    private var lateWindowStart: Int64 = 0
     private var writeShut = false
     private var streamFailure: String?
 
@@ -63,6 +66,7 @@ public final class TLSStream: EventedSocket, ByteStream {
         BIO_set_init(writeBIO, 1)
         SSL_set_bio(ssl, readBIO, writeBIO)
         SSL_set_read_ahead(ssl, 1)
+        _ = SSL_ctrl(ssl, SSL_CTRL_SET_MSG_CALLBACK_ARG, 0, Unmanaged.passUnretained(self).toOpaque())
         if role == .server { SSL_set_accept_state(ssl) } else { SSL_set_connect_state(ssl) }
     }
 
@@ -118,7 +122,8 @@ public final class TLSStream: EventedSocket, ByteStream {
         if let reason = check.reason { return (reason, check.detail) }
         let detail = errors.last.map(OpenSSLError.text(of:))
         // OpenSSL says "excessive message size" of any handshake message: name the certificate only.
-        let readingCertificate = SSL_get_state(ssl) == TLS_ST_SR_CERT
+        let state = SSL_get_state(ssl)
+        let readingCertificate = state == TLS_ST_SR_CERT || state == TLS_ST_CR_CERT
         for code in errors {
             switch ERR_GET_REASON(code) {
             case SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE: return (.noClientCert, detail)
@@ -270,6 +275,30 @@ public final class TLSStream: EventedSocket, ByteStream {
         shutdownWrite()
     }
 
+    // MARK: Post-handshake messages
+
+    /// A peer may send this many handshake messages after the handshake (KeyUpdate, session
+    /// tickets) per `lateWindowMicroseconds`; one more fails the stream. Each costs a key
+    /// derivation and maybe an answer, and a flood of them is no traffic worth carrying.
+    public static let maxLateMessages = 64
+    static let lateWindowMicroseconds: Int64 = 10_000_000
+
+    fileprivate func receivedHandshakeMessage() {
+        // Not SSL_is_init_finished: OpenSSL re-enters its handshake state for each such message.
+        guard !isHandshaking, streamFailure == nil else { return }
+        let now = monotonicMicroseconds()
+        if now - lateWindowStart > Self.lateWindowMicroseconds {
+            lateWindowStart = now
+            lateMessages = 0
+        }
+        lateMessages += 1
+        if lateMessages > Self.maxLateMessages {
+            // Also fails any answer OpenSSL writes now (absorb), which ends the current call.
+            streamFailure =
+                "the peer sent more than \(Self.maxLateMessages) post-handshake messages (KeyUpdate, tickets) in 10 s"
+        }
+    }
+
     // MARK: The staging BIO
 
     /// Past this much queued output the peer is not reading what Ward sends it. Forwarding
@@ -337,3 +366,12 @@ private let stagingControl: @convention(c) (OpaquePointer?, Int32, Int, UnsafeMu
     // Flushing is the stream's job after every call; nothing else applies to a sink.
     command == BIO_CTRL_FLUSH ? 1 : 0
 }
+
+/// Every TLS record and message OpenSSL reads or writes passes here; only handshake messages
+/// the peer sends are counted (`TLSStream.receivedHandshakeMessage`).
+let tlsMessageCallback:
+    @convention(c) (Int32, Int32, Int32, UnsafeRawPointer?, Int, OpaquePointer?, UnsafeMutableRawPointer?) -> Void = {
+        written, _, contentType, _, _, _, argument in
+        guard written == 0, contentType == SSL3_RT_HANDSHAKE, let argument else { return }
+        Unmanaged<TLSStream>.fromOpaque(argument).takeUnretainedValue().receivedHandshakeMessage()
+    }

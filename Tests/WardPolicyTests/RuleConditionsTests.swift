@@ -60,4 +60,11 @@ import WardPolicy
         #expect(conditions.failure(in: context) == .maxSVIDTTL)
         #expect(RuleConditions().failure(in: context) == nil)
     }
+
+    @Test func loopbackAndWildcardAddresses() {
+        for text in ["127.0.0.1", "127.255.0.9", "::1", "::ffff:127.0.0.1"] { #expect(ip(text).isLoopback, "\(text)") }
+        for text in ["10.0.0.1", "0.0.0.0", "::", "::2"] { #expect(!ip(text).isLoopback, "\(text)") }
+        for text in ["0.0.0.0", "::", "::ffff:0.0.0.0"] { #expect(ip(text).isUnspecified, "\(text)") }
+        for text in ["0.0.0.1", "127.0.0.1", "::1", "1::"] { #expect(!ip(text).isUnspecified, "\(text)") }
+    }
 }

@@ -875,7 +875,7 @@ CONFIG_ERRORS = [
 
 
 def check_config(certs, tmp_path, outbound_text):
-    base = harness.config(certs["dir"], [("svc", 8443, 8080)], identity="web")
+    base = harness.config(certs["dir"], [("svc", 8453, 8080)], identity="web")
     text = base.replace("rules: rules.yaml\n", outbound_text + "rules: rules.yaml\n")
     return harness.Ward(str(tmp_path), text, CHECK_RULES), text
 

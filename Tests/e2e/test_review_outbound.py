@@ -1,0 +1,640 @@
+"""The hostile review of outbound mode, end to end: one test (or one parametrized test) per finding,
+each failing on the build reviewed.
+
+1. Loops: an outbound `target` that is one of Ward's own listen addresses (an outbound entry's or a
+   listener's), or a listener `upstream` that is, makes one app connection multiply through Ward
+   until no descriptor is left. `ward check` and `ward run` must refuse such a config.
+2. Two entries (listeners or outbound, any mix) on one address both bind (SO_REUSEPORT) and split
+   its connections between them; a wildcard listen (0.0.0.0, ::) overlaps every address on its port.
+   `ward check` must refuse it.
+3. A peer flooding KeyUpdate records (an allowed client, or a target server with a matching SVID)
+   holds the worker inside one SSL_read for as long as records keep coming: every other connection
+   of that worker waits. Ward must stay responsive and close the flooding connection (at most 64
+   post-handshake handshake messages per 10 s per connection).
+4. "A DNS change reaches Ward with the next reload" held only when a file had changed: a reload the
+   operator asks for (`ward reload`, SIGHUP) must follow a target name that now resolves elsewhere.
+5. A server certificate message over `max_cert_size` was logged `handshake_too_large`, not
+   `cert_too_large` (the client reads the certificate in another state than the server does).
+6. The outbound `listener_full` line lacked `peer_addr` (the target) and `rule` (the entry), which
+   every other outbound line carries.
+"""
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import threading
+import time
+
+import pytest
+
+import harness
+import tlsfuzz
+from clients import context
+from test_outbound import ORDERS, WEB, TLSServer, app_exchange, entry, reload, run_ward, silent_target, ward_a
+
+ALLOW_WEB = f"default: deny\nrules:\n  - name: web\n    action: allow\n    from: [{WEB}]\n    to: ['*']\n"
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def entry_lines(text, name):
+    """The 1-based line numbers of the listener or outbound entry `name` in a config text: its
+    `- name:` line and every key line under it."""
+    lines = text.splitlines()
+    start = lines.index(f"  - name: {name}")
+    numbers = [start + 1]
+    for index in range(start + 1, len(lines)):
+        if not lines[index].startswith("    "):
+            break
+        numbers.append(index + 1)
+    return set(numbers)
+
+
+def problems_at(out, config_path, line_numbers):
+    """The lines of `ward check` output that report a problem at FILE:LINE for one of the lines."""
+    return [line for line in (out.stdout + out.stderr).splitlines()
+            if any(line.startswith(f"{config_path}:{n}: ") for n in line_numbers)]
+
+
+def run_refused(config_path, seconds=10):
+    """`ward run` on a config it must refuse: (exit code, or None if it got ready / kept running; output)."""
+    with tempfile.TemporaryFile() as out:
+        process = subprocess.Popen([harness.WARD, "run", "--config", config_path], stdout=out,
+                                   stderr=subprocess.STDOUT)
+        deadline, code = time.monotonic() + seconds, None
+        try:
+            while time.monotonic() < deadline:
+                code = process.poll()
+                if code is not None:
+                    break
+                out.seek(0)
+                if b"ready:" in out.read():
+                    break
+                time.sleep(0.05)
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(5)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        out.seek(0)
+        return code, out.read().decode(errors="replace")
+
+
+def write_config(folder, text, rules_text=None):
+    os.makedirs(folder, exist_ok=True)
+    return harness.Ward(folder, text, rules_text)
+
+
+# ---------------------------------------------------------------- finding 1: loops through Ward itself
+
+
+def loop_config(certs, case):
+    """(config text, the entry the loop must be reported at, whether a listener is in it)."""
+    p, q, far = harness.free_port(), harness.free_port(), harness.free_port()
+    listeners, outbound, rewrite = [], [], []
+    if case == "target_is_its_own_listen":
+        outbound = [{"name": "loop", "listen": p, "target": p, "server_id": [ORDERS]}]
+        culprit = "loop"
+    elif case == "target_names_its_own_listen":
+        outbound = [{"name": "loop", "listen": p, "target": f"localhost:{p}", "server_id": [ORDERS]}]
+        culprit = "loop"
+    elif case == "target_is_another_outbound_listen":
+        outbound = [{"name": "first", "listen": p, "target": q, "server_id": [ORDERS]},
+                    {"name": "second", "listen": q, "target": far, "server_id": [ORDERS]}]
+        culprit = "first"
+    elif case == "target_is_a_listener":
+        listeners = [("in", p, far)]
+        outbound = [{"name": "out", "listen": q, "target": p, "server_id": [ORDERS]}]
+        culprit = "out"
+    elif case == "target_on_a_wildcard_listener":
+        listeners = [("in", p, far)]
+        outbound = [{"name": "out", "listen": q, "target": p, "server_id": [ORDERS]}]
+        rewrite = [(f"    listen: 127.0.0.1:{p}\n", f"    listen: 0.0.0.0:{p}\n")]
+        culprit = "out"
+    elif case == "upstream_is_an_outbound_listen":
+        listeners = [("in", p, q)]
+        outbound = [{"name": "out", "listen": q, "target": far, "server_id": [ORDERS]}]
+        culprit = "in"
+    elif case == "upstream_is_a_listener":
+        listeners = [("front", p, q), ("back", q, far)]
+        culprit = "front"
+    else:
+        raise ValueError(case)
+    text = harness.config(certs["dir"], listeners, identity="web", outbound=outbound, rules=bool(listeners))
+    for old, new in rewrite:
+        assert old in text
+        text = text.replace(old, new)
+    return text, culprit, bool(listeners)
+
+
+LOOPS = ["target_is_its_own_listen", "target_names_its_own_listen", "target_is_another_outbound_listen",
+         "target_is_a_listener", "target_on_a_wildcard_listener", "upstream_is_an_outbound_listen",
+         "upstream_is_a_listener"]
+
+
+@pytest.mark.parametrize("case", LOOPS)
+def test_a_loop_through_ward_itself_is_refused(certs, tmp_path, case):
+    # Review t01/t10: one app connection on such a config made Ward call itself until every
+    # descriptor was gone (and t10's two-hop loop went on after the app had left).
+    text, culprit, has_listeners = loop_config(certs, case)
+    ward = write_config(str(tmp_path), text, ALLOW_WEB if has_listeners else None)
+    out = run_ward("check", "--config", ward.config_path)
+    assert out.returncode == 1, f"ward check accepted a loop ({case}), exit {out.returncode}:\n{text}{out.stdout}"
+    found = problems_at(out, ward.config_path, entry_lines(text, culprit))
+    assert any("loop" in line for line in found), (
+        f"no '{ward.config_path}:LINE: ...loop...' at entry {culprit!r}; got:\n{out.stdout}{out.stderr}")
+    code, output = run_refused(ward.config_path)
+    assert code == 1, f"ward run on a loop ({case}): exit {code}:\n{output}"
+    assert "loop" in output, output
+    if case == "target_is_its_own_listen":
+        # Not a loop: the same port on another loopback address.
+        with open(ward.config_path, "w") as f:
+            f.write(text.replace("    target: 127.0.0.1:", "    target: 127.0.0.2:"))
+        out = run_ward("check", "--config", ward.config_path)
+        assert out.returncode == 0, out.stdout + out.stderr
+
+
+# ---------------------------------------------------------------- finding 2: two entries on one address
+
+
+def duplicate_config(certs, case):
+    """(config text, the two entries that share an address, whether a listener is in it)."""
+    p, up1, up2, t1, t2 = (harness.free_port() for _ in range(5))
+    listeners, outbound, rewrite = [], [], []
+    if case == "two_outbound_entries":
+        outbound = [{"name": "one", "listen": p, "target": t1, "server_id": [ORDERS]},
+                    {"name": "two", "listen": p, "target": t2, "server_id": [ORDERS]}]
+        pair = ("one", "two")
+    elif case == "outbound_entry_and_listener":
+        listeners = [("in", p, up1)]
+        outbound = [{"name": "out", "listen": p, "target": t1, "server_id": [ORDERS]}]
+        pair = ("in", "out")
+    elif case == "two_listeners":
+        listeners = [("a", p, up1), ("b", p, up2)]
+        pair = ("a", "b")
+    elif case == "address_and_name":
+        outbound = [{"name": "one", "listen": p, "target": t1, "server_id": [ORDERS]},
+                    {"name": "two", "listen": f"localhost:{p}", "target": t2, "server_id": [ORDERS]}]
+        pair = ("one", "two")
+    elif case in ("wildcard_ipv4_listener", "wildcard_ipv6_listener"):
+        # [::]:P is quoted: a bare [ starts a YAML list.
+        listen = f"0.0.0.0:{p}" if case == "wildcard_ipv4_listener" else f'"[::]:{p}"'
+        listeners = [("in", p, up1)]
+        outbound = [{"name": "out", "listen": p, "target": t1, "server_id": [ORDERS]}]
+        rewrite = [(f"  - name: in\n    listen: 127.0.0.1:{p}\n", f"  - name: in\n    listen: {listen}\n")]
+        pair = ("in", "out")
+    elif case == "wildcard_outbound_entry":
+        listeners = [("in", p, up1)]
+        outbound = [{"name": "out", "listen": f"0.0.0.0:{p}", "target": t1, "server_id": [ORDERS],
+                     "allow_remote": True}]
+        pair = ("in", "out")
+    else:
+        raise ValueError(case)
+    text = harness.config(certs["dir"], listeners, identity="web", outbound=outbound, rules=bool(listeners))
+    for old, new in rewrite:
+        assert old in text
+        text = text.replace(old, new)
+    return text, pair, bool(listeners)
+
+
+DUPLICATES = ["two_outbound_entries", "outbound_entry_and_listener", "two_listeners", "address_and_name",
+              "wildcard_ipv4_listener", "wildcard_ipv6_listener", "wildcard_outbound_entry"]
+
+
+@pytest.mark.parametrize("case", DUPLICATES)
+def test_two_entries_on_one_listen_address_are_refused(certs, tmp_path, case):
+    # Review t19/t19b: both bound (SO_REUSEPORT) and the kernel split the app's connections
+    # between two targets with different server_id.
+    text, pair, has_listeners = duplicate_config(certs, case)
+    ward = write_config(str(tmp_path), text, ALLOW_WEB if has_listeners else None)
+    out = run_ward("check", "--config", ward.config_path)
+    assert out.returncode == 1, (
+        f"ward check accepted two entries on one address ({case}), exit {out.returncode}:\n{text}{out.stdout}")
+    found = problems_at(out, ward.config_path, entry_lines(text, pair[0]) | entry_lines(text, pair[1]))
+    assert any("same address" in line or "already" in line for line in found), (
+        f"no '{ward.config_path}:LINE: ...same address/already...' at {pair}; got:\n{out.stdout}{out.stderr}")
+    code, output = run_refused(ward.config_path)
+    assert code == 1, f"ward run with two entries on one address ({case}): exit {code}:\n{output}"
+    if case == "two_outbound_entries":
+        # Not the same address: the same port on another loopback address.
+        second = entry_lines(text, "two")
+        moved = "".join(line.replace("listen: 127.0.0.1:", "listen: 127.0.0.2:") if n in second else line
+                        for n, line in enumerate(text.splitlines(keepends=True), 1))
+        assert "listen: 127.0.0.2:" in moved
+        with open(ward.config_path, "w") as f:
+            f.write(moved)
+        out = run_ward("check", "--config", ward.config_path)
+        assert out.returncode == 0, out.stdout + out.stderr
+
+
+# ---------------------------------------------------------------- finding 3: KeyUpdate floods
+
+# About 2 MiB of KeyUpdate(update_requested) records, sent at once: the build reviewed spent 3-4 s
+# on them in one SSL_read (45 us a record on the test machine), every other connection of the
+# worker waiting. Generating them takes Python about as long.
+FLOOD_RECORDS = 80_000
+PROBE_BUDGET = 1.0  # seconds: the slowest echo through another connection while the flood runs
+FLOOD_WINDOW = 6.0  # seconds the probes go on after the flood starts (less once Ward closed it)
+CLOSE_WITHIN = 5.0  # seconds from the flood's start to Ward's close line for it
+
+
+def key_update_flood(keys, secret, count):
+    """`count` KeyUpdate(update_requested) records, each sealed under the keys the one before retired."""
+    records = []
+    message = tlsfuzz.handshake(tlsfuzz.KEY_UPDATE, b"\x01")
+    for _ in range(count):
+        records.append(keys.seal(tlsfuzz.HANDSHAKE, message))
+        keys, secret = keys.next_generation(secret)
+    return b"".join(records)
+
+
+class Flood:
+    """Sends `blob` on `sock` from a thread while another thread reads (and drops) what Ward sends
+    back, so Ward's answers never back up; `ended` is set when Ward closes or resets the connection."""
+
+    def __init__(self, sock, blob):
+        self.sock, self.blob = sock, blob
+        self.ended = threading.Event()
+        self.sent_error = None
+        sock.settimeout(None)
+        threading.Thread(target=self.drain, daemon=True).start()
+        self.started = time.monotonic()
+        threading.Thread(target=self.send, daemon=True).start()
+
+    def drain(self):
+        try:
+            while self.sock.recv(65536):
+                pass
+        except OSError:
+            pass
+        self.ended.set()
+
+    def send(self):
+        try:
+            self.sock.sendall(self.blob)
+        except OSError as error:  # Ward closed the connection: the rest of the flood has nowhere to go
+            self.sent_error = error
+
+
+def probe_during(flood_start, probe):
+    """Runs `probe` (one round trip through another connection of the same worker) before and during
+    the flood; returns [(seconds, error or None)] of the probes made once the flood had started."""
+    before = probe()
+    assert before[1] is None, f"the probe fails even before the flood: {before[1]}"
+    results, stop = [], threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            results.append(probe())
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    time.sleep(0.2)
+    flood = flood_start()
+    deadline = flood.started + FLOOD_WINDOW
+    while time.monotonic() < deadline:
+        if flood.ended.is_set() and time.monotonic() > flood.started + 2.0:
+            break
+        time.sleep(0.05)
+    stop.set()
+    thread.join(15)
+    return flood, results
+
+
+def timed(action):
+    started = time.monotonic()
+    try:
+        action()
+        error = None
+    except (OSError, AssertionError, ssl.SSLError) as e:
+        error = repr(e)
+    return time.monotonic() - started, error
+
+
+def wait_close(ward, since, seconds, **fields):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for record in ward.lines(since):
+            if record.get("event") == "close" and all(record.get(k) == v for k, v in fields.items()):
+                return record
+        time.sleep(0.05)
+    return None
+
+
+def assert_fair(results, who):
+    assert len(results) >= 3, f"only {len(results)} probes ran during the flood: {results}"
+    worst, error = max(results)
+    failed = [r for r in results if r[1] is not None]
+    assert worst < PROBE_BUDGET and not failed, (
+        f"while {who} flooded {FLOOD_RECORDS} KeyUpdate records, an echo through another connection of "
+        f"the same worker took {worst:.2f} s (budget {PROBE_BUDGET} s; {len(results)} probes"
+        + (f", failures: {failed[:3]}" if failed else "") + ")")
+
+
+def assert_flood_closed(close, who):
+    assert close is not None, (
+        f"Ward did not close the connection of {who} flooding KeyUpdate within {CLOSE_WITHIN} s "
+        "(at most 64 post-handshake messages per 10 s)")
+    assert close["close_cause"] == "error" and "post-handshake" in close.get("detail", ""), close
+
+
+def established_client(certs, port):
+    """tlsfuzz's client (SVID web, allowed) through a full TLS 1.3 handshake, holding its record keys."""
+    session = tlsfuzz.Session(certs, port, "1.3")
+    session.sock.connect(("127.0.0.1", port))
+    try:
+        session.tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    session.hello_record = session.outgoing.read()
+    session.send("hello", session.hello_record)
+    assert session.read_server_flight() is None, "Ward refused the web SVID"
+    session.send_flight(session.client_flight(), tlsfuzz.Plan("established", "1.3"))
+    return session
+
+
+def test_keyupdate_flood_from_a_client_neither_stalls_the_worker_nor_goes_on(certs, tmp_path):
+    # Review t13/t14/t15: an allowed client's KeyUpdate flood froze a 1-worker Ward for as long as it
+    # lasted; 4 such clients froze a 2-worker Ward for ~48 s.
+    upstream = harness.Upstream("hold")
+    flood_port, probe_port = harness.free_port(), harness.free_port()
+    text = harness.config(certs["dir"], [("flood", flood_port, upstream.port), ("probe", probe_port, upstream.port)])
+    ward = harness.Ward(str(tmp_path), text.replace("workers: 2", "workers: 1"), ALLOW_WEB)
+    session = None
+    try:
+        ward.start()
+        mark = ward.mark()
+        session = established_client(certs, flood_port)
+        ward.wait_for(mark, event="allow", peer_addr=session.peer)
+        blob = key_update_flood(session.keys, session.app_secret, FLOOD_RECORDS)
+        ctx = context(certs, "web")
+
+        def probe():
+            def once():
+                with socket.create_connection(("127.0.0.1", probe_port), timeout=10) as raw:
+                    with ctx.wrap_socket(raw) as tls:
+                        tls.sendall(b"p")
+                        assert tls.recv(1) == b"p", "no echo"
+            return timed(once)
+
+        flood, results = probe_during(lambda: Flood(session.sock, blob), probe)
+        close = wait_close(ward, mark, max(0.0, flood.started + CLOSE_WITHIN - time.monotonic()),
+                           listener="flood", peer_addr=session.peer)
+        assert_fair(results, "an allowed client")
+        assert_flood_closed(close, "an allowed client")
+    finally:
+        if session is not None:
+            session.sock.close()
+        ward.stop()
+        upstream.close()
+
+
+class FloodingServer:
+    """A TLS 1.3 server with a matching SVID (Python's ssl over memory BIOs, no tickets, a key log):
+    it completes the handshake with Ward and keeps the connection, with its record keys, for the test."""
+
+    def __init__(self, cert, ca, folder):
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(cert.cert_path, cert.key_path)
+        self.ctx.verify_mode = ssl.CERT_REQUIRED
+        self.ctx.load_verify_locations(ca)
+        self.ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        self.ctx.num_tickets = 0  # nothing under the application keys before the flood
+        self.keylog = os.path.join(folder, "flood-server.keylog")
+        self.ctx.keylog_filename = self.keylog
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.port = self.sock.getsockname()[1]
+        self.ready = threading.Event()
+        self.conn = self.keys = self.secret = self.error = None
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        try:
+            conn, _ = self.sock.accept()
+            conn.settimeout(10)
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            tls = self.ctx.wrap_bio(incoming, outgoing, server_side=True)
+            hello = b""
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    if outgoing.pending:
+                        conn.sendall(outgoing.read())
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        raise EOFError("Ward closed during the handshake")
+                    if len(hello) < 43:
+                        hello += chunk
+                    incoming.write(chunk)
+            assert not outgoing.pending, "the server wrote records after its handshake"
+            client_random = hello[11:43].hex()
+            with open(self.keylog) as f:
+                secrets = {label: bytes.fromhex(secret) for label, rnd, secret in
+                           (line.split() for line in f if line.count(" ") == 2) if rnd == client_random}
+            self.secret = secrets["SERVER_TRAFFIC_SECRET_0"]
+            self.keys = tlsfuzz.Keys.tls13_from(tls.cipher()[0], self.secret)
+            self.conn = conn
+        except Exception as error:  # noqa: BLE001 - reported by the test
+            self.error = repr(error)
+        self.ready.set()
+
+    def close(self):
+        self.sock.close()
+        if self.conn:
+            self.conn.close()
+
+
+def test_keyupdate_flood_from_a_target_server_neither_stalls_the_worker_nor_goes_on(certs, tmp_path):
+    # Review t04: a server whose SVID matches server_id floods KeyUpdate after the handshake; the
+    # build reviewed stalled the whole worker ~5 s per such connection.
+    with contextlib.ExitStack() as stack:
+        flooder = FloodingServer(certs["ward"], certs["example_ca"], str(tmp_path))
+        stack.callback(flooder.close)
+        echo = TLSServer(certs["ward"], certs["example_ca"], mode="hold")
+        stack.callback(echo.close)
+        storm, probe_entry = entry("storm", flooder.port, [ORDERS]), entry("echo", echo.port, [ORDERS])
+        a = ward_a(str(tmp_path / "a"), certs["dir"], [storm, probe_entry], workers=1)
+        stack.callback(a.stop)
+        a.start()
+        mark = a.mark()
+        app = socket.create_connection(("127.0.0.1", storm["listen"]), timeout=10,
+                                       source_address=("127.0.0.1", 0))
+        stack.callback(app.close)
+        app_address = f"127.0.0.1:{app.getsockname()[1]}"
+        app.sendall(b"x\n")
+        assert flooder.ready.wait(harness.DEADLINE), "Ward never completed a handshake with the flooding server"
+        assert flooder.error is None, flooder.error
+        a.wait_for(mark, event="allow", app_addr=app_address)
+        blob = key_update_flood(flooder.keys, flooder.secret, FLOOD_RECORDS)
+
+        def probe():
+            def once():
+                with socket.create_connection(("127.0.0.1", probe_entry["listen"]), timeout=10) as sock:
+                    sock.sendall(b"p")
+                    assert sock.recv(1) == b"p", "no echo"
+            return timed(once)
+
+        flood, results = probe_during(lambda: Flood(flooder.conn, blob), probe)
+        close = wait_close(a, mark, max(0.0, flood.started + CLOSE_WITHIN - time.monotonic()),
+                           listener="storm", app_addr=app_address)
+        assert_fair(results, "a target server")
+        assert_flood_closed(close, "a target server")
+        assert close["direction"] == "outbound"
+
+
+# ---------------------------------------------------------------- finding 4: DNS changes on an operator reload
+
+
+def private_hosts(hosts):
+    """A command-line wrapper that runs Ward with `hosts` bind-mounted over /etc/hosts; skips the
+    test where a private mount namespace cannot be made."""
+    if not shutil.which("unshare"):
+        pytest.skip("needs unshare for a private /etc/hosts")
+    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                            f"mount --bind '{hosts}' /etc/hosts"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot bind-mount a private /etc/hosts: {probe.stderr.strip()}")
+    return lambda args: ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                         f"mount --bind '{hosts}' /etc/hosts && exec " + " ".join(f"'{a}'" for a in args)]
+
+
+class TaggedServer:
+    """A TLS server (matching SVID) on `ip`:`port` that answers each connection's first chunk with `tag`."""
+
+    def __init__(self, cert, ca, ip, port, tag):
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(cert.cert_path, cert.key_path)
+        self.ctx.verify_mode = ssl.CERT_REQUIRED
+        self.ctx.load_verify_locations(ca)
+        self.tag = tag
+        self.sock = socket.socket()
+        self.sock.bind((ip, port))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                conn.settimeout(10)
+                with self.ctx.wrap_socket(conn, server_side=True) as tls:
+                    tls.recv(100)
+                    tls.sendall(self.tag)
+            except (OSError, ssl.SSLError):
+                conn.close()
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.mark.parametrize("trigger", ["ward_reload", "sighup"])
+def test_reload_follows_a_target_name_that_moved(certs, tmp_path, trigger):
+    # Review t06: docs/outbound.md says a DNS change reaches Ward with the next reload; without a
+    # changed file the reload was a no-op and new connections kept going to the old address.
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n127.0.0.2 wardtarget\n")
+    wrap = private_hosts(hosts)
+    with contextlib.ExitStack() as stack:
+        old = TaggedServer(certs["ward"], certs["example_ca"], "127.0.0.2", 0, b"server-A\n")
+        stack.callback(old.close)
+        new = TaggedServer(certs["ward"], certs["example_ca"], "127.0.0.3", old.port, b"server-B\n")
+        stack.callback(new.close)
+        out_entry = entry("dns", f"wardtarget:{old.port}", [ORDERS])
+        a = ward_a(str(tmp_path / "a"), certs["dir"], [out_entry])
+        stack.callback(a.stop)
+        a.start(wrap=wrap)
+        mark = a.mark()
+        before = app_exchange(out_entry["listen"], b"hi\n")
+        assert before.data == b"server-A\n", before
+        assert a.wait_for(mark, event="allow", app_addr=before.addr)["peer_addr"] == f"127.0.0.2:{old.port}"
+
+        with open(hosts, "r+") as f:  # in place: the bind mount follows the inode
+            f.seek(0)
+            f.write("127.0.0.1 localhost\n127.0.0.3 wardtarget\n")
+            f.truncate()
+        mark = a.mark()
+        if trigger == "ward_reload":
+            reload(a)
+        else:
+            a.process.send_signal(signal.SIGHUP)
+        line = a.wait_for(mark, event="reload")
+        after = app_exchange(out_entry["listen"], b"hi\n")
+        allow = a.wait_for(mark, event="allow", app_addr=after.addr)
+        assert after.data == b"server-B\n" and allow["peer_addr"] == f"127.0.0.3:{old.port}", (
+            f"after the name moved and a reload ({trigger}), a new connection went to {allow['peer_addr']} "
+            f"({after.data!r}); reload line: {line}")
+        assert line["ok"] is True and line["changed"] is True, line
+
+        # Nothing moved since: a reload asked for again is still a no-op.
+        mark = a.mark()
+        reload(a)
+        again = a.wait_for(mark, event="reload")
+        assert again["ok"] is True and again["changed"] is False and again["generation"] == line["generation"], again
+
+
+# ---------------------------------------------------------------- finding 5: a server certificate over max_cert_size
+
+
+@pytest.mark.parametrize("version", ["1.3", "1.2"])
+def test_server_certificate_over_max_cert_size_is_cert_too_large(certs, tmp_path, version):
+    # Review t11: the inbound side names it cert_too_large; the outbound side said handshake_too_large.
+    with contextlib.ExitStack() as stack:
+        server = TLSServer(certs["huge_cert"], certs["example_ca"])  # ~100 KB leaf, ID web
+        server.ctx.maximum_version = ssl.TLSVersion.TLSv1_3 if version == "1.3" else ssl.TLSVersion.TLSv1_2
+        stack.callback(server.close)
+        out_entry = entry("huge", server.port, [WEB])
+        a = ward_a(str(tmp_path), certs["dir"], [out_entry])
+        stack.callback(a.stop)
+        a.start()
+        mark = a.mark()
+        out = app_exchange(out_entry["listen"], b"secret\n")
+        assert out.data == b"", out
+        record = a.wait_for(mark, event="handshake_error", app_addr=out.addr)
+        assert record["reason"] == "cert_too_large", record
+        assert record["direction"] == "outbound" and record["listener"] == "huge"
+
+
+# ---------------------------------------------------------------- finding 6: the outbound listener_full line
+
+
+def test_outbound_listener_full_line_names_the_target_and_the_entry(certs, tmp_path):
+    # Review t05: every outbound line carries peer_addr (the target) and rule (the entry) but this one.
+    with contextlib.ExitStack() as stack:
+        silent = silent_target()  # Ward's handshakes to it stay open: each holds a connection slot
+        stack.callback(silent.close)
+        target = silent.getsockname()[1]
+        out_entry = entry("silent", target, [ORDERS])
+        a = ward_a(str(tmp_path), certs["dir"], [out_entry], "max_connections: 2\nhandshake_timeout: 10s\n",
+                   workers=1)
+        stack.callback(a.stop)
+        a.start()
+        mark = a.mark()
+        held = []
+        for _ in range(4):
+            sock = socket.create_connection(("127.0.0.1", out_entry["listen"]), timeout=10,
+                                            source_address=("127.0.0.1", 0))
+            stack.callback(sock.close)
+            held.append(f"127.0.0.1:{sock.getsockname()[1]}")
+            time.sleep(0.1)
+        record = a.wait_for(mark, event="handshake_error", reason="listener_full")
+        assert record["app_addr"] in held[2:], (record, held)
+        assert record["direction"] == "outbound" and record["listener"] == "silent"
+        assert record.get("peer_addr") == f"127.0.0.1:{target}", record
+        assert record.get("rule") == "silent", record
