@@ -59,61 +59,19 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from benchproc import cpu_seconds, sh, spawn, stop, stop_all  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TICK = os.sysconf("SC_CLK_TCK")
 KINDS = ("ward", "haproxy")
 B_ID = "spiffe://example.org/ns/bench/sa/b"
 A_ID = "spiffe://example.org/ns/bench/sa/a"
 PAYLOAD = b"p" * 64
 TARGETS = {"full": 0.7, "resumed": 0.4, "stream": 0.9}  # stream: Ward MiB/s at least 0.9x HAProxy's
-STARTED = []  # every process this script started, stopped in `stop_all`
 GROUP_NAMES = {0x17: "P-256", 0x18: "P-384", 0x19: "P-521", 0x1D: "X25519", 0x1E: "X448",
                0x100: "ffdhe2048", 0x101: "ffdhe3072", 0x102: "ffdhe4096"}
 SUITE_NAMES = {0x1301: "TLS_AES_128_GCM_SHA256", 0x1302: "TLS_AES_256_GCM_SHA384",
                0x1303: "TLS_CHACHA20_POLY1305_SHA256", 0x1304: "TLS_AES_128_CCM_SHA256"}
-
-
-# --- processes --------------------------------------------------------------------------------
-
-def child_setup():
-    """In each child: SIGTERM if this script dies without cleaning up."""
-    try:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def spawn(args, **kw):
-    process = subprocess.Popen(args, preexec_fn=child_setup, **kw)
-    STARTED.append(process)
-    return process
-
-
-def stop(process, timeout=20):
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    if process in STARTED:
-        STARTED.remove(process)
-
-
-def stop_all():
-    for process in reversed(list(STARTED)):
-        stop(process, timeout=5)
-
-
-def sh(*args, **kw):
-    return subprocess.run(args, check=True, capture_output=True, text=True, **kw).stdout
-
-
-def cpu_seconds(pid):
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def free_port():

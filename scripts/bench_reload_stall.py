@@ -51,72 +51,13 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from benchproc import cpu_seconds, raise_nofile, sh, spawn, stop, stop_all  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TICK = os.sysconf("SC_CLK_TCK")
 SAMPLE = struct.Struct("dd")  # start (CLOCK_MONOTONIC seconds), round trip (seconds)
 WARD_CORE, LOAD_CORE = "0", "1"
 SLOW_MS = 5.0  # a round trip over this counts as slowed down
-STARTED = []  # every process this script started, stopped in `stop_all`
-
-
-# --- processes --------------------------------------------------------------------------------
-
-def raise_nofile():
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def child_setup():
-    """In each child: the file limit raised, and SIGTERM if this script dies without cleaning up."""
-    raise_nofile()
-    try:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def spawn(args, **kw):
-    process = subprocess.Popen(args, preexec_fn=child_setup, **kw)
-    STARTED.append(process)
-    return process
-
-
-def stop(process, timeout=20):
-    if process.poll() is None:
-        process.send_signal(signal.SIGCONT)  # the pinger may be paused
-        process.terminate()
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    if process in STARTED:
-        STARTED.remove(process)
-
-
-def stop_all():
-    for process in reversed(list(STARTED)):
-        stop(process, timeout=5)
-
-
-def sh(*args):
-    return subprocess.run(args, check=True, capture_output=True, text=True).stdout
-
-
-def cpu_seconds(pid):
-    """CPU time of all of the process's threads: schedstat's nanoseconds where the kernel has
-    them (utime+stime in /proc/PID/stat counts in 10 ms ticks), else utime+stime."""
-    if os.path.exists(f"/proc/{pid}/schedstat"):
-        total = 0
-        for task in os.listdir(f"/proc/{pid}/task"):
-            try:
-                total += int(open(f"/proc/{pid}/task/{task}/schedstat").read().split()[0])
-            except (OSError, ValueError, IndexError):
-                pass  # a thread that just ended
-        return total / 1e9
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 # --- the active client --------------------------------------------------------------------------

@@ -241,21 +241,8 @@ public enum ConfigLoader {
             guard var map = YAMLMapping(item, file: file, what: "a listener", problems: &problems) else { continue }
             let nameNode = map.require("name", in: "listener", problems: &problems)
             let name = nameNode?.string("listener name", file: file, problems: &problems)
-            func address(_ key: String) -> HostPort? {
-                guard let node = map.require(key, in: "listener", problems: &problems),
-                    let text = node.string(key, file: file, problems: &problems)
-                else { return nil }
-                guard let parsed = HostPort(parsing: text) else {
-                    problems.append(
-                        ConfigProblem(
-                            file: file, line: node.line,
-                            message: "\(key) '\(text)' must be HOST:PORT (IPv6 as [ADDR]:PORT, port 1-65535)"))
-                    return nil
-                }
-                return parsed
-            }
-            let listen = address("listen")
-            let upstream = address("upstream")
+            let listen = hostPort("listen", of: &map, in: "listener", file: file, problems: &problems)?.value
+            let upstream = hostPort("upstream", of: &map, in: "listener", file: file, problems: &problems)?.value
             var proxyProtocol: ListenerConfig.ProxyProtocol?
             if let node = map.take("proxy_protocol"),
                 let text = node.string("proxy_protocol", file: file, problems: &problems)
@@ -312,21 +299,8 @@ extension ConfigLoader {
             }
             let nameNode = map.require("name", in: "outbound entry", problems: &problems)
             let name = nameNode?.string("outbound name", file: file, problems: &problems)
-            func address(_ key: String) -> (HostPort, Int?)? {
-                guard let node = map.require(key, in: "outbound entry", problems: &problems),
-                    let text = node.string(key, file: file, problems: &problems)
-                else { return nil }
-                guard let parsed = HostPort(parsing: text) else {
-                    problems.append(
-                        ConfigProblem(
-                            file: file, line: node.line,
-                            message: "\(key) '\(text)' must be HOST:PORT (IPv6 as [ADDR]:PORT, port 1-65535)"))
-                    return nil
-                }
-                return (parsed, node.line)
-            }
-            let listen = address("listen")
-            let target = address("target")
+            let listen = hostPort("listen", of: &map, in: "outbound entry", file: file, problems: &problems)
+            let target = hostPort("target", of: &map, in: "outbound entry", file: file, problems: &problems)
             var serverIDs: [String] = []
             var serverIDLines: [Int?] = []
             var serverIDsValid = false
@@ -402,6 +376,23 @@ extension ConfigLoader {
                     serverIDLines: serverIDLines))
         }
         return entries
+    }
+
+    /// A required `HOST:PORT` key of a listener or outbound entry, with its line.
+    fileprivate static func hostPort(
+        _ key: String, of map: inout YAMLMapping, in what: String, file: String, problems: inout [ConfigProblem]
+    ) -> (value: HostPort, line: Int?)? {
+        guard let node = map.require(key, in: what, problems: &problems),
+            let text = node.string(key, file: file, problems: &problems)
+        else { return nil }
+        guard let parsed = HostPort(parsing: text) else {
+            problems.append(
+                ConfigProblem(
+                    file: file, line: node.line,
+                    message: "\(key) '\(text)' must be HOST:PORT (IPv6 as [ADDR]:PORT, port 1-65535)"))
+            return nil
+        }
+        return (parsed, node.line)
     }
 
     /// Names are unique across listeners and outbound entries: logs and metrics name either.
