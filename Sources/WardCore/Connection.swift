@@ -192,7 +192,7 @@ final class Connection: TLSHandshakeDelegate, SpliceDelegate {
         var line = record("handshake_error")
         line.add("reason", reason.rawValue)
         line.add("detail", detail)
-        loop.logHandshakeError(line, source: peerIP, reason: reason)
+        loop.logHandshakeError(line, source: peerIP, reason: reason, outbound: endpoint.isOutbound)
         // Ward's alert, if OpenSSL wrote one, is already sent: linger so it is read, not reset.
         release(linger: true)
     }

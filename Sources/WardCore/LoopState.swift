@@ -26,8 +26,10 @@ final class LoopState {
     /// connections presenting the same chain, as the replicas of one workload do, are verified
     /// once per publication instead of once each.
     var chainVerdicts: [String: (ReasonCode, String?)?] = [:]
-    /// Bounds `handshake_error` lines per source; `throttleEvent` writes the summaries.
-    private var throttle = LogThrottle()
+    /// Bounds `handshake_error` lines per source, one budget per direction: a target's refusals
+    /// must not use up the lines of clients calling from the same address. `throttleEvent`
+    /// writes the summaries.
+    private var throttles = (inbound: LogThrottle(), outbound: LogThrottle())
     private var throttleEvent: OpaquePointer?
 
     init(
@@ -101,29 +103,37 @@ final class LoopState {
 
     /// Writes a `handshake_error` line unless its source has used up its lines for now; those
     /// it has not are summed into a `handshake_error_suppressed` line after the window.
-    func logHandshakeError(_ line: LogLine, source: IPAddress?, reason: ReasonCode) {
-        if throttle.admit(source, reason: reason.rawValue, now: nowMilliseconds) {
-            log.append(line.finish(), essential: false)
-        }
-        if event_pending(throttleEvent, Int16(EV_TIMEOUT), nil) == 0 {
-            var window = timeval(tv_sec: 0, tv_usec: Int(throttle.windowMilliseconds) * 1000)
-            event_add(throttleEvent, &window)
-        }
+    func logHandshakeError(_ line: LogLine, source: IPAddress?, reason: ReasonCode, outbound: Bool) {
+        let admitted =
+            outbound
+            ? throttles.outbound.admit(source, reason: reason.rawValue, now: nowMilliseconds)
+            : throttles.inbound.admit(source, reason: reason.rawValue, now: nowMilliseconds)
+        if admitted { log.append(line.finish(), essential: false) }
+        if event_pending(throttleEvent, Int16(EV_TIMEOUT), nil) == 0 { armThrottle() }
+    }
+
+    private func armThrottle() {
+        var window = timeval(tv_sec: 0, tv_usec: Int(throttles.inbound.windowMilliseconds) * 1000)
+        event_add(throttleEvent, &window)
     }
 
     fileprivate func flushThrottle() {
-        for report in throttle.drain(now: nowMilliseconds) {
-            var line = LogLine(event: "handshake_error_suppressed", connection: nil, timestamp: now)
-            line.add("peer_ip", report.source?.description ?? "*")
-            line.add("suppressed", Int64(report.count))
-            line.add("window_ms", throttle.windowMilliseconds)
-            line.addCounts("reasons", report.reasons)
-            log.append(line.finish())
+        let drained = [
+            ("inbound", throttles.inbound.drain(now: nowMilliseconds)),
+            ("outbound", throttles.outbound.drain(now: nowMilliseconds)),
+        ]
+        for (direction, reports) in drained {
+            for report in reports {
+                var line = LogLine(event: "handshake_error_suppressed", connection: nil, timestamp: now)
+                line.add("direction", direction)
+                line.add("peer_ip", report.source?.description ?? "*")
+                line.add("suppressed", Int64(report.count))
+                line.add("window_ms", throttles.inbound.windowMilliseconds)
+                line.addCounts("reasons", report.reasons)
+                log.append(line.finish())
+            }
         }
-        if !throttle.isEmpty {
-            var window = timeval(tv_sec: 0, tv_usec: Int(throttle.windowMilliseconds) * 1000)
-            event_add(throttleEvent, &window)
-        }
+        if !throttles.inbound.isEmpty || !throttles.outbound.isEmpty { armThrottle() }
     }
 }
 

@@ -273,7 +273,7 @@ package final class Worker: @unchecked Sendable {
         }
         line.add("reason", ReasonCode.listenerFull.rawValue)
         line.add("detail", "max_connections (\(snapshot.config.maxConnections)) reached")
-        loop.logHandshakeError(line, source: peer.ipAddress, reason: .listenerFull)
+        loop.logHandshakeError(line, source: peer.ipAddress, reason: .listenerFull, outbound: endpoint.isOutbound)
     }
 }
 

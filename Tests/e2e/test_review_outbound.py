@@ -645,3 +645,37 @@ def test_outbound_listener_full_line_names_the_target_and_the_entry(certs, tmp_p
         assert record["direction"] == "outbound" and record["listener"] == "silent"
         assert record.get("peer_addr") == f"127.0.0.1:{target}", record
         assert record.get("rule") == "silent", record
+
+
+def test_outbound_refusals_do_not_use_up_the_inbound_lines_of_the_same_address(certs, tmp_path):
+    """handshake_error lines are limited per source and per direction: 30 refused servers at
+    127.0.0.1 (past the 20 lines a source gets per second) must not silence the next client
+    calling from 127.0.0.1. Before the fix both counted against one budget for 127.0.0.1."""
+    with contextlib.ExitStack() as stack:
+        impostor = TLSServer(certs["batch"], certs["example_ca"])  # a valid SVID, not ORDERS
+        stack.callback(impostor.close)
+        listen = harness.free_port()
+        out = entry("out", impostor.port, [ORDERS])
+        ward = ward_a(str(tmp_path), certs["dir"], [out], listeners=[("in", listen, 1)],
+                      rules_text="default: deny\nrules: []\n", workers=1)
+        stack.callback(ward.stop)
+        ward.start()
+        mark = ward.mark()
+        for _ in range(30):
+            app_exchange(out["listen"], b"x\n")
+        refused = [r for r in ward.lines(mark) if r.get("event") == "handshake_error"
+                   and r.get("direction") == "outbound"]
+        assert 0 < len(refused) <= 20, f"{len(refused)} outbound lines: the per-source limit should apply"
+        # A client without a certificate, from the same address, within the same second.
+        plain = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        plain.check_hostname, plain.verify_mode = False, ssl.CERT_NONE
+        sock = socket.create_connection(("127.0.0.1", listen), timeout=10)
+        source = f"127.0.0.1:{sock.getsockname()[1]}"
+        with contextlib.suppress(ssl.SSLError, OSError):
+            with plain.wrap_socket(sock) as tls:
+                tls.recv(1)
+        sock.close()
+        line = ward.wait_for(mark, event="handshake_error", peer_addr=source)
+        assert line["direction"] == "inbound" and line["reason"] == "no_client_cert", line
+        summary = ward.wait_for(mark, event="handshake_error_suppressed")
+        assert summary["direction"] == "outbound", summary
