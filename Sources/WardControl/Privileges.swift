@@ -141,3 +141,29 @@ struct StartupError: Error, CustomStringConvertible {
     var message: String
     var description: String { message }
 }
+
+/// The open-file limit: every connection holds two descriptors (its peer's, and its upstream's
+/// or target's), so the soft limit a shell or unit leaves (often 1,024) would end accepts long
+/// before `max_connections`. Ward takes the hard limit at start, as HAProxy does.
+package enum DescriptorLimit {
+    /// Raises the soft limit to the hard one; returns a warning when `max_connections` on every
+    /// listener and outbound entry could still need more descriptors than that.
+    package static func raise(for config: WardConfiguration) -> String? {
+        var limit = rlimit()
+        let resource = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
+        guard getrlimit(resource, &limit) == 0 else { return nil }
+        if limit.rlim_cur < limit.rlim_max {
+            var raised = limit
+            raised.rlim_cur = limit.rlim_max
+            if setrlimit(resource, &raised) == 0 { limit = raised }
+        }
+        let endpoints = config.listeners.count + config.outbound.count
+        // Two per connection, and a few for the listeners, the log, the admin endpoint.
+        let needed = UInt64(config.maxConnections) * UInt64(endpoints) * 2 + 64
+        guard needed > UInt64(limit.rlim_cur) else { return nil }
+        return "warning: max_connections (\(config.maxConnections)) on \(endpoints) listener(s) and outbound "
+            + "entries may need \(needed) descriptors (two per connection), over the open-file limit "
+            + "(\(limit.rlim_cur)): past it, accepts pause until descriptors free up. Raise LimitNOFILE= "
+            + "(systemd) or ulimit -n, or lower max_connections"
+    }
+}

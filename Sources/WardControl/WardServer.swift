@@ -31,6 +31,7 @@ public final class WardServer {
         signal(SIGPIPE, SIG_IGN)
         try FilePolicy.check(snapshot.config)
         for warning in FilePolicy.warnings(snapshot) { logger.warning("\(warning)") }
+        if let warning = DescriptorLimit.raise(for: snapshot.config) { logger.warning("\(warning)") }
 
         let sealer = LogSealer(identity: snapshot.identity, id: snapshot.ownID)
         let log = try ConnectionLog(

@@ -679,3 +679,24 @@ def test_outbound_refusals_do_not_use_up_the_inbound_lines_of_the_same_address(c
         assert line["direction"] == "inbound" and line["reason"] == "no_client_cert", line
         summary = ward.wait_for(mark, event="handshake_error_suppressed")
         assert summary["direction"] == "outbound", summary
+
+
+def test_ward_takes_the_hard_descriptor_limit_and_warns_when_it_is_short(certs, tmp_path):
+    """Started with a soft open-file limit of 256, Ward runs with the hard limit; when
+    max_connections on its listeners and entries could need more descriptors than that, it says
+    so at start."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard <= 256:
+        pytest.skip("the hard open-file limit is too low to tell raised from not")
+    out = entry("out", 9, [ORDERS])
+    ward = ward_a(str(tmp_path), certs["dir"], [out], f"max_connections: {hard}\n", workers=1)
+    ward.start(preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)))
+    try:
+        limits = open(f"/proc/{ward.process.pid}/limits").read()
+        row = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+        assert row.split()[3] == str(hard), row
+        stderr = open(ward.stderr_path).read()
+        assert "open-file limit" in stderr and "max_connections" in stderr, stderr
+    finally:
+        ward.stop()
