@@ -28,6 +28,9 @@ enum Endpoint {
         if case .outbound = self { return true }
         return false
     }
+
+    /// The `direction` log field.
+    var direction: String { isOutbound ? "outbound" : "inbound" }
 }
 
 /// One connection from accept to close, in either direction.
@@ -456,7 +459,7 @@ final class Connection: TLSHandshakeDelegate, SpliceDelegate {
     /// What `GET /connections` shows; built on the loop thread.
     var info: ConnectionInfo {
         ConnectionInfo(
-            id: id, direction: endpoint.isOutbound ? "outbound" : "inbound", listener: endpointName,
+            id: id, direction: endpoint.direction, listener: endpointName,
             peerID: check.id?.description, peerAddress: peerAddress, appAddress: appAddress,
             sinceEpochMilliseconds: acceptedAt, bytesIn: bytesIn, bytesOut: bytesOut,
             state: "\(state)")
@@ -466,16 +469,10 @@ final class Connection: TLSHandshakeDelegate, SpliceDelegate {
 
     private func record(_ event: String) -> LogLine {
         var line = LogLine(event: event, connection: id, timestamp: loop.now)
-        if case .listener = endpoint {
-            line.add("direction", "inbound")
-            line.add("listener", endpointName)
-            line.add("peer_addr", peerAddress)
-        } else {
-            line.add("direction", "outbound")
-            line.add("listener", endpointName)
-            line.add("peer_addr", peerAddress)
-            line.add("app_addr", appAddress)
-        }
+        line.add("direction", endpoint.direction)
+        line.add("listener", endpointName)
+        line.add("peer_addr", peerAddress)
+        line.add("app_addr", appAddress)
         line.add("peer_id", check.id?.description)
         line.add("trust_domain", check.id?.trustDomain.name)
         // Outbound, the entry is the rule: its `server_id` decides every event.

@@ -260,16 +260,15 @@ package final class Worker: @unchecked Sendable {
         let id = connectionIDs.wrappingAdd(1, ordering: .relaxed).newValue
         let peer = SocketAddress(address, length: socklen_t(length))
         var line = LogLine(event: "handshake_error", connection: id, timestamp: loop.now)
-        if case .listener = endpoint {
-            line.add("direction", "inbound")
-            line.add("listener", loop.name(of: endpoint))
-            line.add("peer_addr", peer.description)
-        } else if case .outbound(let index) = endpoint {
-            line.add("direction", "outbound")
-            line.add("listener", loop.name(of: endpoint))
+        line.add("direction", endpoint.direction)
+        line.add("listener", loop.name(of: endpoint))
+        if case .outbound(let index) = endpoint {
+            // The caller is the local app; the peer would have been the target.
             line.add("peer_addr", snapshot.outbound[index].target.description)
             line.add("app_addr", peer.description)
             line.add("rule", loop.name(of: endpoint))
+        } else {
+            line.add("peer_addr", peer.description)
         }
         line.add("reason", ReasonCode.listenerFull.rawValue)
         line.add("detail", "max_connections (\(snapshot.config.maxConnections)) reached")
