@@ -21,6 +21,8 @@ let package = Package(
             name: "fuzz-admin-request",
             dependencies: ["CFuzzDriver", .product(name: "WardFuzzSupport", package: "Ward")]),
         .executableTarget(
+            name: "fuzz-config", dependencies: ["CFuzzDriver", .product(name: "WardFuzzSupport", package: "Ward")]),
+        .executableTarget(
             name: "fuzz-log-chain", dependencies: ["CFuzzDriver", .product(name: "WardFuzzSupport", package: "Ward")]),
     ]
 )

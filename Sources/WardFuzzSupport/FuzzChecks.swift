@@ -51,6 +51,35 @@ public enum FuzzChecks {
         }
     }
 
+    /// The input as ward.yaml (listeners, outbound entries and every other key), with an empty
+    /// rules file beside it. What loads must hold together: unique names, valid `server_id`
+    /// patterns whose trust domains have bundles, loopback listens unless allowed remote.
+    public static func config(_ bytes: UnsafeBufferPointer<UInt8>) {
+        let folder = NSTemporaryDirectory() + "ward-fuzz-config-\(getpid())"
+        try? FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        guard FileManager.default.createFile(atPath: folder + "/ward.yaml", contents: Data(bytes)),
+            FileManager.default.createFile(atPath: folder + "/rules.yaml", contents: Data("default: deny\n".utf8))
+        else { return }
+        guard case .success(let config) = ConfigLoader.load(path: folder + "/ward.yaml") else { return }
+        let names = config.listeners.map(\.name) + config.outbound.map(\.name)
+        precondition(Set(names).count == names.count, "listener and outbound names are unique")
+        precondition(!names.isEmpty, "a config has a listener or an outbound entry")
+        let domains = Set(config.trustDomains.map(\.domain))
+        for entry in config.outbound {
+            precondition(!entry.serverIDs.isEmpty, "server_id names at least one ID")
+            for text in entry.serverIDs {
+                guard let pattern = try? IdentityPattern(parsing: text) else {
+                    preconditionFailure("server_id '\(text)' loaded but does not parse")
+                }
+                precondition(domains.contains(pattern.trustDomain), "server_id's trust domain has a bundle")
+            }
+            if !entry.allowRemote, let ip = IPAddress(parsing: Substring(entry.listen.host)) {
+                precondition(ip.isLoopback, "a literal non-loopback listen needs allow_remote")
+            }
+            if let name = entry.serverName { precondition(ConfigLoader.isHostName(name)) }
+        }
+    }
+
     public static func pem(_ bytes: UnsafeBufferPointer<UInt8>) {
         guard let certificates = try? Certificate.parsePEM(Data(bytes)) else { return }
         for certificate in certificates {
