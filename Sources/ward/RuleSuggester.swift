@@ -21,10 +21,12 @@ struct RuleSuggester {
         self.generalize = generalize
     }
 
-    /// Feeds one log record; ignores everything but `allow` and unenforced `deny`.
+    /// Feeds one log record; ignores everything but `allow` and unenforced `deny` of peers calling
+    /// a listener (outbound connections are Ward calling out: no rule decides them).
     mutating func observe(_ record: [String: Any]) {
         let event = record["event"] as? String
         guard event == "allow" || (event == "deny" && record["enforced"] as? Bool == false),
+            record["direction"] as? String != "outbound",
             let peer = record["peer_id"] as? String, let listener = record["listener"] as? String
         else { return }
         eventsRead += 1

@@ -12,6 +12,21 @@ import Testing
         return r
     }
 
+    @Test func outboundConnectionsSuggestNoRules() {
+        // Ward calling out (an outbound entry) is not a peer calling a listener: rules do not apply.
+        var suggester = RuleSuggester()
+        var outbound = record("allow", "spiffe://example.org/a/orders", "orders-api")
+        outbound["direction"] = "outbound"
+        suggester.observe(outbound)
+        var inbound = record("allow", "spiffe://example.org/a/web", "orders")
+        inbound["direction"] = "inbound"
+        suggester.observe(inbound)
+        let yaml = suggester.yaml(source: "log")
+        #expect(!yaml.contains("orders-api") && !yaml.contains("/a/orders"))
+        #expect(yaml.contains("spiffe://example.org/a/web"))
+        #expect(suggester.eventsRead == 1)
+    }
+
     @Test func allowsExactlyWhatWasSeen() {
         var suggester = RuleSuggester()
         suggester.observe(record("allow", "spiffe://example.org/a/web", "orders", ts: "2026-01-01"))
