@@ -158,8 +158,7 @@ package enum DescriptorLimit {
             if setrlimit(resource, &raised) == 0 { limit = raised }
         }
         let endpoints = config.listeners.count + config.outbound.count
-        // Two per connection, and a few for the listeners, the log, the admin endpoint.
-        let needed = UInt64(config.maxConnections) * UInt64(endpoints) * 2 + 64
+        let needed = UInt64(config.maxConnections) * UInt64(endpoints) * 2
         guard needed > UInt64(limit.rlim_cur) else { return nil }
         return "warning: max_connections (\(config.maxConnections)) on \(endpoints) listener(s) and outbound "
             + "entries may need \(needed) descriptors (two per connection), over the open-file limit "

@@ -31,7 +31,6 @@ public final class WardServer {
         signal(SIGPIPE, SIG_IGN)
         try FilePolicy.check(snapshot.config)
         for warning in FilePolicy.warnings(snapshot) { logger.warning("\(warning)") }
-        if let warning = DescriptorLimit.raise(for: snapshot.config) { logger.warning("\(warning)") }
 
         let sealer = LogSealer(identity: snapshot.identity, id: snapshot.ownID)
         let log = try ConnectionLog(
@@ -44,6 +43,7 @@ public final class WardServer {
             reasonNames: ReasonCode.allCases.map(\.rawValue), workers: workerCount)
         // Listeners first, then outbound entries: a socket's index is its slot (`LoopState.slot`).
         let addresses = snapshot.listeners.map(\.listen) + snapshot.outbound.map(\.listen)
+        let descriptorWarning = DescriptorLimit.raise(for: snapshot.config)
         var sockets: [[Int32]] = []
         do {
             for address in addresses { try ListenerSocket.checkAvailable(address) }
@@ -91,6 +91,8 @@ public final class WardServer {
             for warning in FilePolicy.warnings(publication.snapshot) { logger.warning("\(warning)") }
         }
 
+        // Said once the sockets are bound: a start that fails says only why.
+        if let descriptorWarning { logger.warning("\(descriptorWarning)") }
         let listening =
             (snapshot.listeners.map { "\($0.name)=\($0.listen)->\($0.upstream)" }
             + snapshot.outbound.map { "\($0.name)=\($0.listen)=>\($0.target)" }).joined(separator: " ")

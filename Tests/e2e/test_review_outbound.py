@@ -635,10 +635,14 @@ def test_outbound_listener_full_line_names_the_target_and_the_entry(certs, tmp_p
         mark = a.mark()
         held = []
         for _ in range(4):
-            sock = socket.create_connection(("127.0.0.1", out_entry["listen"]), timeout=10,
-                                            source_address=("127.0.0.1", 0))
+            sock = socket.socket()
             stack.callback(sock.close)
+            sock.settimeout(10)
+            sock.bind(("127.0.0.1", 0))  # the address is known even if the connect is reset
             held.append(f"127.0.0.1:{sock.getsockname()[1]}")
+            # A refused one may be reset before connect() returns (Ward resets at accept).
+            with contextlib.suppress(ConnectionResetError):
+                sock.connect(("127.0.0.1", out_entry["listen"]))
             time.sleep(0.1)
         record = a.wait_for(mark, event="handshake_error", reason="listener_full")
         assert record["app_addr"] in held[2:], (record, held)
