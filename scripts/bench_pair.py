@@ -101,16 +101,21 @@ def echo_once(port, timeout=10):
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            s.sendall(PAYLOAD)
-            got = b""
-            while len(got) < len(PAYLOAD):
-                chunk = s.recv(len(PAYLOAD) - len(got))
-                if not chunk:
-                    return False
-                got += chunk
-            return got == PAYLOAD
+            return echoed(s)
     except OSError:
         return False
+
+
+def echoed(s):
+    """Sends PAYLOAD on `s` and reads it back: True if the same bytes came back."""
+    s.sendall(PAYLOAD)
+    got = b""
+    while len(got) < len(PAYLOAD):
+        chunk = s.recv(len(PAYLOAD) - len(got))
+        if not chunk:
+            return False
+        got += chunk
+    return got == PAYLOAD
 
 
 def connection_load(port, count, threads):
@@ -183,14 +188,7 @@ def tls_echo(port, cert, key, bundle):
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
             with context.wrap_socket(raw) as s:
-                s.sendall(PAYLOAD)
-                got = b""
-                while len(got) < len(PAYLOAD):
-                    chunk = s.recv(len(PAYLOAD) - len(got))
-                    if not chunk:
-                        return False
-                    got += chunk
-                return got == PAYLOAD
+                return echoed(s)
     except (OSError, ssl.SSLError):
         return False
 

@@ -129,12 +129,17 @@ def loop_config(certs, case):
         culprit = "front"
     else:
         raise ValueError(case)
+    return rewritten_config(certs, listeners, outbound, rewrite), culprit, bool(listeners)
+
+
+
+def rewritten_config(certs, listeners, outbound, rewrite):
+    """Ward A's config (identity WEB) with each (old, new) of `rewrite` applied, old text required."""
     text = harness.config(certs["dir"], listeners, identity="web", outbound=outbound, rules=bool(listeners))
     for old, new in rewrite:
         assert old in text
         text = text.replace(old, new)
-    return text, culprit, bool(listeners)
-
+    return text
 
 LOOPS = ["target_is_its_own_listen", "target_names_its_own_listen", "target_is_another_outbound_listen",
          "target_is_a_listener", "target_on_a_wildcard_listener", "upstream_is_an_outbound_listen",
@@ -199,11 +204,7 @@ def duplicate_config(certs, case):
         pair = ("in", "out")
     else:
         raise ValueError(case)
-    text = harness.config(certs["dir"], listeners, identity="web", outbound=outbound, rules=bool(listeners))
-    for old, new in rewrite:
-        assert old in text
-        text = text.replace(old, new)
-    return text, pair, bool(listeners)
+    return rewritten_config(certs, listeners, outbound, rewrite), pair, bool(listeners)
 
 
 DUPLICATES = ["two_outbound_entries", "outbound_entry_and_listener", "two_listeners", "address_and_name",
