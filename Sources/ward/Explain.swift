@@ -66,6 +66,12 @@ extension WardCommand {
             }
             let ruleSet = RuleSet(compiling: config.rules, listeners: config.listeners.map(\.name))
             guard ruleSet.listenerIndex(named: to) != nil else {
+                if let entry = config.outbound.first(where: { $0.name == to }) {
+                    // Rules decide who may call a listener; an outbound entry decides whom Ward calls.
+                    throw usage(
+                        "--to '\(to)' is an outbound entry: no rule decides it; the server must be one of its "
+                            + "server_id (\(entry.serverIDs.joined(separator: ", ")))")
+                }
                 throw usage("--to '\(to)' is not a listener (known: \(ruleSet.listenerNames.joined(separator: ", ")))")
             }
             guard config.trustDomains.contains(where: { $0.domain == peer.trustDomain }) else {

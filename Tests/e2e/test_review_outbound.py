@@ -705,3 +705,14 @@ def test_ward_takes_the_hard_descriptor_limit_and_warns_when_it_is_short(certs, 
         assert "open-file limit" in stderr and "max_connections" in stderr, stderr
     finally:
         ward.stop()
+
+
+def test_explain_names_an_outbound_entry_as_such(certs, tmp_path):
+    """`ward explain --to ENTRY` says that no rule decides an outbound entry and which server IDs
+    it accepts, instead of calling it an unknown listener."""
+    out = entry("orders-api", 9, [ORDERS])
+    ward = ward_a(str(tmp_path), certs["dir"], [out])
+    result = run_ward("explain", "--config", ward.config_path, "--from", ORDERS, "--to", "orders-api")
+    assert result.returncode == 1, result
+    said = result.stdout + result.stderr
+    assert "outbound entry" in said and ORDERS in said, said
