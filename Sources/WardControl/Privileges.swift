@@ -146,9 +146,9 @@ struct StartupError: Error, CustomStringConvertible {
 /// or target's), so the soft limit a shell or unit leaves (often 1,024) would end accepts long
 /// before `max_connections`. Ward takes the hard limit at start, as HAProxy does.
 package enum DescriptorLimit {
-    /// Raises the soft limit to the hard one; returns a warning when `max_connections` on every
-    /// listener and outbound entry could still need more descriptors than that.
-    package static func raise(for config: WardConfiguration) -> String? {
+    /// Raises the soft limit to the hard one; returns the limit in force.
+    @discardableResult
+    package static func raise() -> UInt64? {
         var limit = rlimit()
         let resource = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
         guard getrlimit(resource, &limit) == 0 else { return nil }
@@ -157,12 +157,21 @@ package enum DescriptorLimit {
             raised.rlim_cur = limit.rlim_max
             if setrlimit(resource, &raised) == 0 { limit = raised }
         }
+        return UInt64(limit.rlim_cur)
+    }
+
+    /// Once everything is open (listening sockets, loops, log, admin): a warning when
+    /// `max_connections` on every listener and outbound entry, two descriptors each, would not
+    /// fit in what the limit leaves.
+    package static func warning(for config: WardConfiguration) -> String? {
+        guard let limit = raise() else { return nil }
+        let held = UInt64((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? 0)
         let endpoints = config.listeners.count + config.outbound.count
         let needed = UInt64(config.maxConnections) * UInt64(endpoints) * 2
-        guard needed > UInt64(limit.rlim_cur) else { return nil }
+        guard needed + held > limit else { return nil }
         return "warning: max_connections (\(config.maxConnections)) on \(endpoints) listener(s) and outbound "
-            + "entries may need \(needed) descriptors (two per connection), over the open-file limit "
-            + "(\(limit.rlim_cur)): past it, accepts pause until descriptors free up. Raise LimitNOFILE= "
+            + "entries may need \(needed) descriptors (two per connection) beside the \(held) open now, over the "
+            + "open-file limit (\(limit)): past it, accepts pause until descriptors free up. Raise LimitNOFILE= "
             + "(systemd) or ulimit -n, or lower max_connections"
     }
 }

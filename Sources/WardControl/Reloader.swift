@@ -93,7 +93,7 @@ final class Reloader {
             }
             return outcome
         }
-        switch SnapshotBuilder.load(configPath: configPath) {
+        switch SnapshotBuilder.load(configPath: configPath, previous: current.snapshot) {
         case .failure(let problems):
             outcome.error = problems.problems.map(\.description).joined(separator: "; ")
             outcome.retryable = problems.problems.contains { $0.kind == .keyDoesNotMatchCertificate }

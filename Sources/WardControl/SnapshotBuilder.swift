@@ -10,8 +10,27 @@ import WardTLS
 ///
 /// Reads files and builds TLS contexts: never call it on an event loop.
 public enum SnapshotBuilder {
-    public static func build(_ config: WardConfiguration) -> Result<RuntimeSnapshot, ConfigProblems> {
+    /// `previous`: the running snapshot, on a reload. A name that resolves to several addresses
+    /// keeps the one in use if it is still among them, and one that does not resolve now keeps
+    /// its last address (a warning): a DNS outage must not hold back a new SVID or bundle.
+    public static func build(
+        _ config: WardConfiguration, previous: RuntimeSnapshot? = nil
+    ) -> Result<RuntimeSnapshot, ConfigProblems> {
         var problems: [ConfigProblem] = []
+        var warnings: [String] = []
+        func resolve(_ hostPort: HostPort, kept: SocketAddress?, what: String) throws(SocketAddressError)
+            -> SocketAddress
+        {
+            do {
+                let answers = try SocketAddress.resolveAll(hostPort)
+                if let kept, answers.contains(where: { $0.description == kept.description }) { return kept }
+                return answers[0]
+            } catch {
+                guard let kept else { throw error }
+                warnings.append("\(config.configPath): warning: \(what): \(error); keeping \(kept) until it resolves")
+                return kept
+            }
+        }
 
         var bundles: [TrustBundle] = []
         for (domain, file) in config.trustDomains {
@@ -96,10 +115,15 @@ public enum SnapshotBuilder {
         var listeners: [ResolvedListener] = []
         for listener in config.listeners {
             do {
+                let kept = zip(previous?.config.listeners ?? [], previous?.listeners ?? []).first {
+                    $0.0.name == listener.name && $0.0.upstream == listener.upstream
+                }?.1.upstream
                 listeners.append(
                     ResolvedListener(
                         name: listener.name, listen: try SocketAddress.resolve(listener.listen),
-                        upstream: try SocketAddress.resolve(listener.upstream), proxyProtocol: listener.proxyProtocol))
+                        upstream: try resolve(
+                            listener.upstream, kept: kept, what: "listener \(listener.name) upstream"),
+                        proxyProtocol: listener.proxyProtocol))
             } catch {
                 problems.append(
                     ConfigProblem(file: config.configPath, line: nil, message: "listener \(listener.name): \(error)"))
@@ -121,9 +145,13 @@ public enum SnapshotBuilder {
                                 + "address; set allow_remote: true on the entry to allow it"))
                     continue
                 }
+                let kept = zip(previous?.config.outbound ?? [], previous?.outbound ?? []).first {
+                    $0.0.name == entry.name && $0.0.target == entry.target
+                }?.1.target
                 outbound.append(
                     ResolvedOutbound(
-                        name: entry.name, listen: listen, target: try SocketAddress.resolve(entry.target),
+                        name: entry.name, listen: listen,
+                        target: try resolve(entry.target, kept: kept, what: "outbound \(entry.name) target"),
                         serverName: entry.serverName,
                         serverIDs: ServerIDs(entry.serverIDs.compactMap { try? IdentityPattern(parsing: $0) })))
             } catch {
@@ -135,10 +163,11 @@ public enum SnapshotBuilder {
         if problems.isEmpty { problems += ownAddressProblems(config, listeners: listeners, outbound: outbound) }
 
         guard problems.isEmpty, let key, let ownID else { return .failure(ConfigProblems(problems)) }
-        let snapshot = RuntimeSnapshot(
+        var snapshot = RuntimeSnapshot(
             config: config, identity: IdentityMaterial(chain: chain, key: key), ownID: ownID, bundles: bundles,
             ruleSet: RuleSet(compiling: config.rules, listeners: config.listeners.map(\.name)),
             listeners: listeners, outbound: outbound)
+        snapshot.warnings = warnings
         do {
             // Proves the context builds (ciphers, key type) before anything listens.
             _ = try snapshot.makeTLSContexts()
@@ -150,56 +179,84 @@ public enum SnapshotBuilder {
     }
 
     /// Every address this Ward listens on must be its own: two sockets on one address split its
-    /// connections between them (SO_REUSEPORT lets both bind), and a target or upstream naming
-    /// one is a loop through Ward itself, which multiplies one connection until no descriptor
-    /// is left. Wildcard listens (0.0.0.0, ::) overlap every address on their port.
+    /// connections between them (SO_REUSEPORT lets both bind). Wildcard listens (0.0.0.0, ::)
+    /// overlap every address on their port. And no connection may come back to where it
+    /// entered: an upstream or target that reaches one of Ward's own listen addresses is fine
+    /// (a call to a service beside it, a gateway) unless following them leads back, a loop that
+    /// multiplies one connection until no descriptor is left.
     static func ownAddressProblems(
         _ config: WardConfiguration, listeners: [ResolvedListener], outbound: [ResolvedOutbound]
     ) -> [ConfigProblem] {
-        let own: [(what: String, address: SocketAddress, line: Int?)] =
-            zip(listeners, config.listeners).map { ("listener \($0.name)", $0.listen, $1.location.line) }
-            + zip(outbound, config.outbound).map { ("outbound \($0.name)", $0.listen, $1.location.line) }
+        struct Own {
+            var what: String
+            var listen: SocketAddress
+            var next: SocketAddress
+            var key: String
+            var line: Int?
+        }
+        let own: [Own] =
+            zip(listeners, config.listeners).map {
+                Own(
+                    what: "listener \($0.name)", listen: $0.listen, next: $0.upstream, key: "upstream",
+                    line: $1.location.line)
+            }
+            + zip(outbound, config.outbound).map {
+                Own(
+                    what: "outbound \($0.name)", listen: $0.listen, next: $0.target, key: "target",
+                    line: $1.location.line)
+            }
         var problems: [ConfigProblem] = []
         for (index, entry) in own.enumerated() {
-            guard let first = own[..<index].first(where: { $0.address.overlaps(entry.address) }) else { continue }
+            guard let first = own[..<index].first(where: { $0.listen.overlaps(entry.listen) }) else { continue }
             problems.append(
                 ConfigProblem(
                     file: config.configPath, line: entry.line,
                     message:
-                        "\(entry.what): listen \(entry.address) is the same address as \(first.what)'s (\(first.address)) "
+                        "\(entry.what): listen \(entry.listen) is the same address as \(first.what)'s (\(first.listen)) "
                         + "at line \(first.line ?? 0): it would take some of its connections"))
         }
-        func loop(_ what: String, _ key: String, _ address: SocketAddress, line: Int?) {
-            guard let mine = own.first(where: { $0.address.overlaps(address) }) else { return }
-            problems.append(
-                ConfigProblem(
-                    file: config.configPath, line: line,
-                    message:
-                        "\(what): \(key) \(address) is this Ward's own listen address (\(mine.what)): a loop through Ward itself"
-                ))
+        guard problems.isEmpty else { return problems }
+        let host = SocketAddress.hostAddresses()
+        func successor(_ index: Int) -> Int? {
+            own.firstIndex { $0.listen.isReached(by: own[index].next, hostAddresses: host) }
         }
-        for (resolved, entry) in zip(outbound, config.outbound) {
-            loop("outbound \(entry.name)", "target", resolved.target, line: entry.location.line)
-        }
-        for (resolved, listener) in zip(listeners, config.listeners) {
-            loop("listener \(listener.name)", "upstream", resolved.upstream, line: listener.location.line)
+        for start in own.indices {
+            var path = [start]
+            var current = start
+            while let next = successor(current), !path.dropFirst().contains(next), path.count <= own.count {
+                if next == start {
+                    let route = (path + [start]).map { own[$0].what }.joined(separator: " -> ")
+                    problems.append(
+                        ConfigProblem(
+                            file: config.configPath, line: own[start].line,
+                            message:
+                                "\(own[start].what): \(own[start].key) \(own[start].next) leads back through this Ward "
+                                + "(\(route)): a loop"))
+                    break
+                }
+                path.append(next)
+                current = next
+            }
         }
         return problems
     }
 
-    /// Whether a name a listener's upstream or an outbound target is written as now resolves
-    /// elsewhere than when `snapshot` was built: a reload the operator asks for then publishes,
-    /// though no file changed.
+    /// Whether a name a listener's upstream or an outbound target is written as no longer
+    /// resolves to the address in use: a reload the operator asks for then publishes, though no
+    /// file changed. A name that does not resolve now has not moved.
     public static func addressesMoved(_ snapshot: RuntimeSnapshot) -> Bool {
         let written = snapshot.config.listeners.map(\.upstream) + snapshot.config.outbound.map(\.target)
         let resolved = snapshot.listeners.map(\.upstream) + snapshot.outbound.map(\.target)
         return zip(written, resolved).contains { hostPort, address in
-            (try? SocketAddress.resolve(hostPort))?.description != address.description
+            guard let answers = try? SocketAddress.resolveAll(hostPort) else { return false }
+            return !answers.contains { $0.description == address.description }
         }
     }
 
     /// Config, rules and every file they name, as `ward check` and `ward run` load them.
-    public static func load(configPath: String) -> Result<RuntimeSnapshot, ConfigProblems> {
-        ConfigLoader.load(path: configPath).flatMap(build)
+    public static func load(
+        configPath: String, previous: RuntimeSnapshot? = nil
+    ) -> Result<RuntimeSnapshot, ConfigProblems> {
+        ConfigLoader.load(path: configPath).flatMap { build($0, previous: previous) }
     }
 }

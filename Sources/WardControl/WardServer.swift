@@ -43,7 +43,7 @@ public final class WardServer {
             reasonNames: ReasonCode.allCases.map(\.rawValue), workers: workerCount)
         // Listeners first, then outbound entries: a socket's index is its slot (`LoopState.slot`).
         let addresses = snapshot.listeners.map(\.listen) + snapshot.outbound.map(\.listen)
-        let descriptorWarning = DescriptorLimit.raise(for: snapshot.config)
+        DescriptorLimit.raise()
         var sockets: [[Int32]] = []
         do {
             for address in addresses { try ListenerSocket.checkAvailable(address) }
@@ -88,11 +88,13 @@ public final class WardServer {
             watcher?.watch(publication.snapshot.config.watchedFiles)
             // Checkpoints are signed with the SVID in force.
             sealer.update(identity: publication.snapshot.identity, id: publication.snapshot.ownID)
-            for warning in FilePolicy.warnings(publication.snapshot) { logger.warning("\(warning)") }
+            for warning in FilePolicy.warnings(publication.snapshot) + publication.snapshot.warnings {
+                logger.warning("\(warning)")
+            }
         }
 
-        // Said once the sockets are bound: a start that fails says only why.
-        if let descriptorWarning { logger.warning("\(descriptorWarning)") }
+        // Said once everything is open, so it counts what is held; a start that fails says only why.
+        if let warning = DescriptorLimit.warning(for: snapshot.config) { logger.warning("\(warning)") }
         let listening =
             (snapshot.listeners.map { "\($0.name)=\($0.listen)->\($0.upstream)" }
             + snapshot.outbound.map { "\($0.name)=\($0.listen)=>\($0.target)" }).joined(separator: " ")

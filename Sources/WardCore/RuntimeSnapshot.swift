@@ -62,6 +62,9 @@ public struct RuntimeSnapshot: Sendable {
     public let ruleSet: RuleSet
     public let listeners: [ResolvedListener]
     public let outbound: [ResolvedOutbound]
+    /// What loading noticed without refusing (a name kept at its last address), said once
+    /// the snapshot is published.
+    package var warnings: [String] = []
     /// Per trust domain, a digest of everything chain verification depends on (bundle and
     /// limits): after a reload, only peers whose key changed need their chain verified again.
     let verificationKeys: [TrustDomain: String]

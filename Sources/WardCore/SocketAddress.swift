@@ -14,23 +14,53 @@ public struct SocketAddress: Sendable, CustomStringConvertible {
 
     /// Resolves `hostPort` once (blocking `getaddrinfo`): call at load time only.
     public static func resolve(_ hostPort: HostPort) throws(SocketAddressError) -> SocketAddress {
+        try resolveAll(hostPort)[0]
+    }
+
+    /// Every address `hostPort` resolves to, in `getaddrinfo`'s order (never empty).
+    package static func resolveAll(_ hostPort: HostPort) throws(SocketAddressError) -> [SocketAddress] {
         var hints = addrinfo()
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
         hints.ai_flags = AI_NUMERICSERV | AI_ADDRCONFIG
         var results: UnsafeMutablePointer<addrinfo>?
         let status = getaddrinfo(hostPort.host, String(hostPort.port), &hints, &results)
-        guard status == 0, let first = results else {
+        guard status == 0, results != nil else {
             throw SocketAddressError(
                 message: "cannot resolve \(hostPort): \(CText.string(gai_strerror(status), or: "error \(status)"))")
         }
         defer { freeaddrinfo(results) }
-        var address = SocketAddress()
-        withUnsafeMutableBytes(of: &address.storage) { target in
-            target.copyMemory(
-                from: UnsafeRawBufferPointer(start: first.pointee.ai_addr, count: Int(first.pointee.ai_addrlen)))
+        var addresses: [SocketAddress] = []
+        var next = results
+        while let entry = next {
+            if let address = entry.pointee.ai_addr {
+                addresses.append(SocketAddress(address, length: entry.pointee.ai_addrlen))
+            }
+            next = entry.pointee.ai_next
         }
-        address.length = first.pointee.ai_addrlen
-        return address
+        guard !addresses.isEmpty else { throw SocketAddressError(message: "cannot resolve \(hostPort): no address") }
+        return addresses
+    }
+
+    /// The IP addresses of this host's interfaces: a wildcard listen takes connections for each.
+    package static func hostAddresses() -> Set<IPAddress> {
+        var list: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&list) == 0 else { return [] }
+        defer { freeifaddrs(list) }
+        var addresses: Set<IPAddress> = []
+        var next = list
+        while let entry = next {
+            if let address = entry.pointee.ifa_addr {
+                let family = Int32(address.pointee.sa_family)
+                let length =
+                    family == AF_INET
+                    ? MemoryLayout<sockaddr_in>.size : family == AF_INET6 ? MemoryLayout<sockaddr_in6>.size : 0
+                if length > 0, let ip = SocketAddress(address, length: socklen_t(length)).ipAddress {
+                    addresses.insert(ip)
+                }
+            }
+            next = entry.pointee.ifa_next
+        }
+        return addresses
     }
 
     /// Builds from what `accept` returned.
@@ -77,6 +107,14 @@ public struct SocketAddress: Sendable, CustomStringConvertible {
             }
             return nil
         }
+    }
+
+    /// Whether a connection to `target` arrives at this listen address: the same port, and the
+    /// same IP, or this one the wildcard and `target` one of this host's own addresses.
+    package func isReached(by target: SocketAddress, hostAddresses: Set<IPAddress>) -> Bool {
+        guard let port, port == target.port, let ip = ipAddress, let targetIP = target.ipAddress else { return false }
+        if ip == targetIP { return true }
+        return ip.isUnspecified && (targetIP.isLoopback || targetIP.isUnspecified || hostAddresses.contains(targetIP))
     }
 
     /// Whether a socket bound to one address would take connections meant for the other: the

@@ -99,7 +99,7 @@ def write_config(folder, text, rules_text=None):
 
 def loop_config(certs, case):
     """(config text, the entry the loop must be reported at, whether a listener is in it)."""
-    p, q, far = harness.free_port(), harness.free_port(), harness.free_port()
+    p, q = harness.free_port(), harness.free_port()
     listeners, outbound, rewrite = [], [], []
     if case == "target_is_its_own_listen":
         outbound = [{"name": "loop", "listen": p, "target": p, "server_id": [ORDERS]}]
@@ -109,23 +109,23 @@ def loop_config(certs, case):
         culprit = "loop"
     elif case == "target_is_another_outbound_listen":
         outbound = [{"name": "first", "listen": p, "target": q, "server_id": [ORDERS]},
-                    {"name": "second", "listen": q, "target": far, "server_id": [ORDERS]}]
+                    {"name": "second", "listen": q, "target": p, "server_id": [ORDERS]}]
         culprit = "first"
     elif case == "target_is_a_listener":
-        listeners = [("in", p, far)]
+        listeners = [("in", p, q)]
         outbound = [{"name": "out", "listen": q, "target": p, "server_id": [ORDERS]}]
         culprit = "out"
     elif case == "target_on_a_wildcard_listener":
-        listeners = [("in", p, far)]
+        listeners = [("in", p, q)]
         outbound = [{"name": "out", "listen": q, "target": p, "server_id": [ORDERS]}]
         rewrite = [(f"    listen: 127.0.0.1:{p}\n", f"    listen: 0.0.0.0:{p}\n")]
         culprit = "out"
     elif case == "upstream_is_an_outbound_listen":
         listeners = [("in", p, q)]
-        outbound = [{"name": "out", "listen": q, "target": far, "server_id": [ORDERS]}]
+        outbound = [{"name": "out", "listen": q, "target": p, "server_id": [ORDERS]}]
         culprit = "in"
     elif case == "upstream_is_a_listener":
-        listeners = [("front", p, q), ("back", q, far)]
+        listeners = [("front", p, q), ("back", q, p)]
         culprit = "front"
     else:
         raise ValueError(case)
@@ -167,6 +167,33 @@ def test_a_loop_through_ward_itself_is_refused(certs, tmp_path, case):
         out = run_ward("check", "--config", ward.config_path)
         assert out.returncode == 0, out.stdout + out.stderr
 
+
+
+@pytest.mark.parametrize("case", ["colocated_call", "gateway", "mesh_on_one_port", "wildcard_upstream_elsewhere"])
+def test_calls_through_ward_that_do_not_come_back_are_allowed(certs, tmp_path, case):
+    """Second review: only a cycle is a loop. An app calling a service beside it through this
+    Ward's own listener, a listener whose upstream is an outbound entry (a gateway), and a
+    wildcard listener on the port its targets or upstreams elsewhere use all pass."""
+    p, q, far = harness.free_port(), harness.free_port(), harness.free_port()
+    listeners, outbound, rewrite = [], [], []
+    if case == "colocated_call":
+        listeners = [("in", p, far)]
+        outbound = [{"name": "out", "listen": q, "target": p, "server_id": [ORDERS]}]
+    elif case == "gateway":
+        listeners = [("in", p, q)]
+        outbound = [{"name": "out", "listen": q, "target": far, "server_id": [ORDERS]}]
+    elif case == "mesh_on_one_port":
+        listeners = [("in", p, far)]
+        outbound = [{"name": "out", "listen": q, "target": f"192.0.2.10:{p}", "server_id": [ORDERS]}]
+        rewrite = [(f"    listen: 127.0.0.1:{p}\n", f"    listen: 0.0.0.0:{p}\n")]
+    else:
+        listeners = [("in", p, far)]
+        rewrite = [(f"    listen: 127.0.0.1:{p}\n", f"    listen: 0.0.0.0:{p}\n"),
+                   (f"    upstream: 127.0.0.1:{far}\n", f"    upstream: 192.0.2.10:{p}\n")]
+    text = rewritten_config(certs, listeners, outbound, rewrite)
+    ward = write_config(str(tmp_path), text, ALLOW_WEB if listeners else None)
+    out = run_ward("check", "--config", ward.config_path)
+    assert out.returncode == 0, f"{case} refused:\n{text}{out.stdout}{out.stderr}"
 
 # ---------------------------------------------------------------- finding 2: two entries on one address
 
@@ -506,17 +533,26 @@ def test_keyupdate_flood_from_a_target_server_neither_stalls_the_worker_nor_goes
 # ---------------------------------------------------------------- finding 4: DNS changes on an operator reload
 
 
-def private_hosts(hosts):
-    """A command-line wrapper that runs Ward with `hosts` bind-mounted over /etc/hosts; skips the
-    test where a private mount namespace cannot be made."""
+def private_hosts(hosts, resolv=None):
+    """A command-line wrapper that runs Ward with `hosts` bind-mounted over /etc/hosts (and
+    `resolv` over /etc/resolv.conf: a name missing from `hosts` then fails at once instead of
+    waiting on DNS); skips the test where a private mount namespace cannot be made."""
     if not shutil.which("unshare"):
         pytest.skip("needs unshare for a private /etc/hosts")
-    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
-                            f"mount --bind '{hosts}' /etc/hosts"], capture_output=True, text=True, timeout=30)
+    mounts = f"mount --bind '{hosts}' /etc/hosts" + (f" && mount --bind '{resolv}' /etc/resolv.conf" if resolv else "")
+    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", mounts],
+                           capture_output=True, text=True, timeout=30)
     if probe.returncode != 0:
         pytest.skip(f"cannot bind-mount a private /etc/hosts: {probe.stderr.strip()}")
     return lambda args: ["unshare", "-m", "--propagation", "private", "sh", "-c",
-                         f"mount --bind '{hosts}' /etc/hosts && exec " + " ".join(f"'{a}'" for a in args)]
+                         f"{mounts} && exec " + " ".join(f"'{a}'" for a in args)]
+
+
+def rewrite_in_place(path, text):
+    with open(path, "r+") as f:  # in place: a bind mount follows the inode
+        f.seek(0)
+        f.write(text)
+        f.truncate()
 
 
 class TaggedServer:
@@ -573,10 +609,7 @@ def test_reload_follows_a_target_name_that_moved(certs, tmp_path, trigger):
         assert before.data == b"server-A\n", before
         assert a.wait_for(mark, event="allow", app_addr=before.addr)["peer_addr"] == f"127.0.0.2:{old.port}"
 
-        with open(hosts, "r+") as f:  # in place: the bind mount follows the inode
-            f.seek(0)
-            f.write("127.0.0.1 localhost\n127.0.0.3 wardtarget\n")
-            f.truncate()
+        rewrite_in_place(hosts, "127.0.0.1 localhost\n127.0.0.3 wardtarget\n")
         mark = a.mark()
         if trigger == "ward_reload":
             reload(a)
@@ -596,6 +629,60 @@ def test_reload_follows_a_target_name_that_moved(certs, tmp_path, trigger):
         again = a.wait_for(mark, event="reload")
         assert again["ok"] is True and again["changed"] is False and again["generation"] == line["generation"], again
 
+
+
+def test_a_name_whose_answers_still_hold_the_address_in_use_has_not_moved(certs, tmp_path):
+    """Second review: with a name that resolves to several addresses (round-robin DNS), every
+    SIGHUP published a generation and re-checked every connection, though nothing had moved.
+    The address in use is kept as long as the name still resolves to it."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n127.0.0.2 wardtarget\n")
+    wrap = private_hosts(hosts)
+    with contextlib.ExitStack() as stack:
+        old = TaggedServer(certs["ward"], certs["example_ca"], "127.0.0.2", 0, b"server-A\n")
+        stack.callback(old.close)
+        new = TaggedServer(certs["ward"], certs["example_ca"], "127.0.0.3", old.port, b"server-B\n")
+        stack.callback(new.close)
+        out_entry = entry("dns", f"wardtarget:{old.port}", [ORDERS])
+        a = ward_a(str(tmp_path / "a"), certs["dir"], [out_entry])
+        stack.callback(a.stop)
+        a.start(wrap=wrap)
+        # Another address answers first now; the one in use is still among the answers.
+        rewrite_in_place(hosts, "127.0.0.1 localhost\n127.0.0.3 wardtarget\n127.0.0.2 wardtarget\n")
+        mark = a.mark()
+        a.process.send_signal(signal.SIGHUP)
+        line = a.wait_for(mark, event="reload")
+        assert line["ok"] is True and line["changed"] is False and line["generation"] == 1, line
+        after = app_exchange(out_entry["listen"], b"hi\n")
+        assert after.data == b"server-A\n", after
+
+
+def test_a_name_that_does_not_resolve_keeps_its_address_and_lets_the_reload_through(certs, tmp_path):
+    """Second review: a reload (a new SVID, say) while the target's name did not resolve failed,
+    and nothing retried it. The name keeps its last address, with a warning, and the rest of the
+    reload applies."""
+    hosts, resolv = tmp_path / "hosts", tmp_path / "resolv.conf"
+    hosts.write_text("127.0.0.1 localhost\n127.0.0.2 wardtarget\n")
+    resolv.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+    wrap = private_hosts(hosts, resolv)
+    with contextlib.ExitStack() as stack:
+        server = TaggedServer(certs["ward"], certs["example_ca"], "127.0.0.2", 0, b"server-A\n")
+        stack.callback(server.close)
+        out_entry = entry("dns", f"wardtarget:{server.port}", [ORDERS])
+        a = ward_a(str(tmp_path / "a"), certs["dir"], [out_entry])
+        stack.callback(a.stop)
+        a.start(wrap=wrap)
+        rewrite_in_place(hosts, "127.0.0.1 localhost\n")  # the name is gone
+        with open(a.config_path, "a") as f:
+            f.write("idle_timeout: 2h\n")  # a change the reload must apply
+        mark = a.mark()
+        reload(a)
+        line = a.wait_for(mark, event="reload")
+        assert line["ok"] is True and line["generation"] == 2, line
+        stderr = open(a.stderr_path).read()
+        assert "keeping 127.0.0.2:" in stderr and "wardtarget" in stderr, stderr
+        after = app_exchange(out_entry["listen"], b"hi\n")
+        assert after.data == b"server-A\n", after
 
 # ---------------------------------------------------------------- finding 5: a server certificate over max_cert_size
 
