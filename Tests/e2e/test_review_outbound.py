@@ -588,22 +588,29 @@ class TaggedServer:
         self.sock.close()
 
 
+def ward_behind_a_name(stack, certs, tmp_path, wrap, addresses):
+    """Ward A (run through `wrap`) with one entry `dns` whose target is wardtarget:PORT, and a
+    TaggedServer on PORT at each of `addresses`, answering server-A, server-B, ... in turn."""
+    servers = []
+    for index, ip in enumerate(addresses):
+        port = servers[0].port if servers else 0
+        servers.append(TaggedServer(certs["ward"], certs["example_ca"], ip, port, f"server-{'AB'[index]}\n".encode()))
+        stack.callback(servers[-1].close)
+    out_entry = entry("dns", f"wardtarget:{servers[0].port}", [ORDERS])
+    a = ward_a(str(tmp_path / "a"), certs["dir"], [out_entry])
+    stack.callback(a.stop)
+    a.start(wrap=wrap)
+    return a, out_entry, servers[0]
+
+
 @pytest.mark.parametrize("trigger", ["ward_reload", "sighup"])
 def test_reload_follows_a_target_name_that_moved(certs, tmp_path, trigger):
     # Review t06: docs/outbound.md says a DNS change reaches Ward with the next reload; without a
     # changed file the reload was a no-op and new connections kept going to the old address.
     hosts = tmp_path / "hosts"
     hosts.write_text("127.0.0.1 localhost\n127.0.0.2 wardtarget\n")
-    wrap = private_hosts(hosts)
     with contextlib.ExitStack() as stack:
-        old = TaggedServer(certs["ward"], certs["example_ca"], "127.0.0.2", 0, b"server-A\n")
-        stack.callback(old.close)
-        new = TaggedServer(certs["ward"], certs["example_ca"], "127.0.0.3", old.port, b"server-B\n")
-        stack.callback(new.close)
-        out_entry = entry("dns", f"wardtarget:{old.port}", [ORDERS])
-        a = ward_a(str(tmp_path / "a"), certs["dir"], [out_entry])
-        stack.callback(a.stop)
-        a.start(wrap=wrap)
+        a, out_entry, old = ward_behind_a_name(stack, certs, tmp_path, private_hosts(hosts), ["127.0.0.2", "127.0.0.3"])
         mark = a.mark()
         before = app_exchange(out_entry["listen"], b"hi\n")
         assert before.data == b"server-A\n", before
@@ -637,16 +644,8 @@ def test_a_name_whose_answers_still_hold_the_address_in_use_has_not_moved(certs,
     The address in use is kept as long as the name still resolves to it."""
     hosts = tmp_path / "hosts"
     hosts.write_text("127.0.0.1 localhost\n127.0.0.2 wardtarget\n")
-    wrap = private_hosts(hosts)
     with contextlib.ExitStack() as stack:
-        old = TaggedServer(certs["ward"], certs["example_ca"], "127.0.0.2", 0, b"server-A\n")
-        stack.callback(old.close)
-        new = TaggedServer(certs["ward"], certs["example_ca"], "127.0.0.3", old.port, b"server-B\n")
-        stack.callback(new.close)
-        out_entry = entry("dns", f"wardtarget:{old.port}", [ORDERS])
-        a = ward_a(str(tmp_path / "a"), certs["dir"], [out_entry])
-        stack.callback(a.stop)
-        a.start(wrap=wrap)
+        a, out_entry, old = ward_behind_a_name(stack, certs, tmp_path, private_hosts(hosts), ["127.0.0.2", "127.0.0.3"])
         # Another address answers first now; the one in use is still among the answers.
         rewrite_in_place(hosts, "127.0.0.1 localhost\n127.0.0.3 wardtarget\n127.0.0.2 wardtarget\n")
         mark = a.mark()
@@ -664,14 +663,8 @@ def test_a_name_that_does_not_resolve_keeps_its_address_and_lets_the_reload_thro
     hosts, resolv = tmp_path / "hosts", tmp_path / "resolv.conf"
     hosts.write_text("127.0.0.1 localhost\n127.0.0.2 wardtarget\n")
     resolv.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
-    wrap = private_hosts(hosts, resolv)
     with contextlib.ExitStack() as stack:
-        server = TaggedServer(certs["ward"], certs["example_ca"], "127.0.0.2", 0, b"server-A\n")
-        stack.callback(server.close)
-        out_entry = entry("dns", f"wardtarget:{server.port}", [ORDERS])
-        a = ward_a(str(tmp_path / "a"), certs["dir"], [out_entry])
-        stack.callback(a.stop)
-        a.start(wrap=wrap)
+        a, out_entry, _ = ward_behind_a_name(stack, certs, tmp_path, private_hosts(hosts, resolv), ["127.0.0.2"])
         rewrite_in_place(hosts, "127.0.0.1 localhost\n")  # the name is gone
         with open(a.config_path, "a") as f:
             f.write("idle_timeout: 2h\n")  # a change the reload must apply
