@@ -60,6 +60,23 @@ public enum ConfigLoader {
         }
         trustDomains.sort { $0.domain < $1.domain }
 
+        var crls: [(domain: TrustDomain, file: ConfigFile)] = []
+        if let node = top.take("crls"), let lists = YAMLMapping(node, file: path, what: "crls", problems: &problems) {
+            for entry in lists.keys {
+                guard let domain = try? TrustDomain(parsing: entry.key),
+                    trustDomains.contains(where: { $0.domain == domain })
+                else {
+                    problems.append(
+                        ConfigProblem(
+                            file: path, line: entry.keyLine,
+                            message: "crls: '\(entry.key)' is not a trust domain of trust_domains"))
+                    continue
+                }
+                if let file = file(entry.value, "CRL of \(entry.key)") { crls.append((domain, file)) }
+            }
+        }
+        crls.sort { $0.domain < $1.domain }
+
         let outboundNode = top.take("outbound")
         let outbound = outboundNode.flatMap { readOutbound($0, file: path, problems: &problems) }
         // A job that only calls out has no listeners, and then needs no rules either.
@@ -213,6 +230,7 @@ public enum ConfigLoader {
             idleTimeout: idleTimeout, upstreamConnectTimeout: connectTimeout, maxSVIDLifetime: maxLifetime,
             admin: admin, svidMinRemaining: svidMinRemaining, logChain: logChain, adminIsDefault: adminIsDefault)
         configuration.resumption = resumption
+        configuration.crls = crls
         configuration.outbound = (outbound ?? []).map(\.config)
         configuration.maxConnections = maxConnections
         configuration.maxChainDepth = maxChainDepth

@@ -137,6 +137,8 @@ public struct WardConfiguration: Sendable {
     public var identityKey: ConfigFile
     /// Sorted by trust domain name.
     public var trustDomains: [(domain: TrustDomain, bundle: ConfigFile)]
+    /// `crls:`: revocation list files per trust domain (each one of `trustDomains`), sorted.
+    public var crls: [(domain: TrustDomain, file: ConfigFile)] = []
     public var listeners: [ListenerConfig]
     /// Outbound entries, in config order; empty when the config has none.
     public var outbound: [OutboundConfig] = []
@@ -192,7 +194,9 @@ public struct WardConfiguration: Sendable {
     public var watchedFiles: [String] { [configPath] + (rulesFile.map { [$0.path] } ?? []) + certificateFiles }
 
     /// Bundles, own certificate and key: the files TLS is built from.
-    public var certificateFiles: [String] { trustDomains.map(\.bundle.path) + [identityCert.path, identityKey.path] }
+    public var certificateFiles: [String] {
+        trustDomains.map(\.bundle.path) + crls.map(\.file.path) + [identityCert.path, identityKey.path]
+    }
 
     public static let defaultHandshakeTimeout = Duration.seconds(10)
     public static let defaultIdleTimeout = Duration.seconds(3600)

@@ -35,10 +35,29 @@ public enum SnapshotBuilder {
         var bundles: [TrustBundle] = []
         for (domain, file) in config.trustDomains {
             do {
-                bundles.append(
-                    TrustBundle(
-                        trustDomain: domain,
-                        authorities: try Certificate.loadPEM(path: file.path, sizeLimit: config.maxFileSize)))
+                let authorities = try Certificate.loadPEM(path: file.path, sizeLimit: config.maxFileSize)
+                var revocations: [RevocationList] = []
+                for (_, crlFile) in config.crls.filter({ $0.domain == domain }) {
+                    do {
+                        for list in try RevocationList.load(path: crlFile.path, sizeLimit: config.maxFileSize) {
+                            // A list counts only when a CA the trust domain trusts signed it.
+                            guard list.signer(among: authorities) != nil else {
+                                problems.append(
+                                    ConfigProblem(
+                                        file: crlFile.path, line: nil,
+                                        message:
+                                            "CRL of \(domain) issued by \(list.issuer) is not signed by a CA of its bundle"
+                                    ))
+                                continue
+                            }
+                            revocations.append(list)
+                        }
+                    } catch {
+                        problems.append(
+                            ConfigProblem(file: crlFile.path, line: nil, message: "CRL of \(domain): \(error)"))
+                    }
+                }
+                bundles.append(TrustBundle(trustDomain: domain, authorities: authorities, revocations: revocations))
             } catch {
                 problems.append(
                     ConfigProblem(file: file.path, line: nil, message: "trust bundle of \(domain): \(error)"))

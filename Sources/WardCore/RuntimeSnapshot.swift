@@ -85,7 +85,8 @@ public struct RuntimeSnapshot: Sendable {
         var keys: [TrustDomain: String] = [:]
         for bundle in bundles {
             keys[bundle.trustDomain] = Digest.sha256Hex(
-                lengthPrefixed: bundle.authorities.map { Data($0.sha256Hex.utf8) } + [limits])
+                lengthPrefixed: bundle.authorities.map { Data($0.sha256Hex.utf8) }
+                    + bundle.revocations.map { Data("crl:\($0.sha256Hex)".utf8) } + [limits])
         }
         verificationKeys = keys
     }

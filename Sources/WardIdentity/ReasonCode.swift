@@ -28,6 +28,8 @@ public enum ReasonCode: String, Error, Sendable, CaseIterable {
     case handshakeTooLarge = "handshake_too_large"
     /// Outbound: the server presented a valid SVID whose ID is not in the entry's `server_id`.
     case unexpectedServerID = "unexpected_server_id"
+    /// A certificate of the peer's chain is listed by a revocation list of its trust domain.
+    case certificateRevoked = "certificate_revoked"
 
     /// Position in `allCases`, for per-reason counters.
     public var index: Int { Self.allCases.firstIndex(of: self)! }

@@ -9,6 +9,7 @@ import WardSystem
 /// One per worker (it owns `X509_STORE`s); used only on that worker's thread.
 public final class SVIDVerifier {
     private let stores: [TrustDomain: OpaquePointer]
+    private let revocations: [TrustDomain: [RevocationList]]
     public let policy: SVIDLeafPolicy
     /// Certificates a peer may present, leaf included.
     public let maxChainDepth: Int
@@ -52,6 +53,9 @@ public final class SVIDVerifier {
             throw error
         }
         self.stores = stores
+        self.revocations = Dictionary(
+            bundles.filter { !$0.revocations.isEmpty }.map { ($0.trustDomain, $0.revocations) },
+            uniquingKeysWith: +)
         self.policy = policy
     }
 
@@ -104,7 +108,10 @@ public final class SVIDVerifier {
         guard let store = stores[id.trustDomain] else {
             return refuse(check, .unknownTrustDomain, X509_V_ERR_APPLICATION_VERIFICATION)
         }
-        let error = verifyChain(leaf: leaf, untrusted: untrusted, store: store, check: check, at: time)
+        var error = verifyChain(leaf: leaf, untrusted: untrusted, store: store, check: check, at: time)
+        if error == nil, let lists = revocations[id.trustDomain] {
+            error = checkRevocation(leaf: leaf, untrusted: untrusted, lists: lists, check: check)
+        }
         if error == nil, let cacheKey, let notAfter = check.notAfter {
             if verifiedChains.count >= Self.verifiedChainCapacity { verifiedChains.removeAll(keepingCapacity: true) }
             verifiedChains[cacheKey] = VerifiedChain(
@@ -128,6 +135,30 @@ public final class SVIDVerifier {
             }
         }
         return key
+    }
+
+    /// Refuses a chain whose leaf, or an intermediate the peer sent, a revocation list names.
+    private func checkRevocation(
+        leaf: OpaquePointer, untrusted: OpaquePointer?, lists: [RevocationList], check: PeerCheck
+    ) -> Int32? {
+        var certificates = [leaf]
+        if let untrusted {
+            for index in 0..<OPENSSL_sk_num(untrusted) {
+                if let certificate = OPENSSL_sk_value(untrusted, index) {
+                    certificates.append(OpaquePointer(certificate))
+                }
+            }
+        }
+        for (depth, certificate) in certificates.enumerated() {
+            guard let list = lists.first(where: { $0.lists(certificate) }) else { continue }
+            let which = depth == 0 ? "leaf" : "an intermediate"
+            return refuse(
+                check, .certificateRevoked, X509_V_ERR_CERT_REVOKED,
+                detail:
+                    "\(which) serial \(Certificate(borrowing: certificate).serialHex) is revoked by the CRL of \(list.issuer)"
+            )
+        }
+        return nil
     }
 
     private func verifyChain(

@@ -5,10 +5,13 @@ import WardIdentity
 public struct TrustBundle: Sendable {
     public let trustDomain: TrustDomain
     public let authorities: [Certificate]
+    /// Revocation lists signed by one of `authorities` (`crls:`): a listed certificate is refused.
+    public let revocations: [RevocationList]
 
-    public init(trustDomain: TrustDomain, authorities: [Certificate]) {
+    public init(trustDomain: TrustDomain, authorities: [Certificate], revocations: [RevocationList] = []) {
         self.trustDomain = trustDomain
         self.authorities = authorities
+        self.revocations = revocations
     }
 
     /// A fresh `X509_STORE` holding this bundle. Each worker builds its own so that chain

@@ -84,7 +84,7 @@ import WardPolicy
         let config = Self.validConfig.replacingOccurrences(of: "workers: 3", with: "wrokers: 3")
         #expect(
             try problems(config: config) == [
-                "\(folder)/ward.yaml:16: unknown key 'wrokers' in config (valid: admin, admin_allow_remote, group, handshake_timeout, identity, idle_timeout, listeners, log, log_chain, log_checkpoint_interval, log_checkpoint_lines, max_cert_size, max_chain_depth, max_connections, max_file_size, max_svid_lifetime, outbound, peer_expiry, resumption, rules, security_level, svid_min_remaining, trust_domains, upstream_connect_timeout, user, workers)"
+                "\(folder)/ward.yaml:16: unknown key 'wrokers' in config (valid: admin, admin_allow_remote, crls, group, handshake_timeout, identity, idle_timeout, listeners, log, log_chain, log_checkpoint_interval, log_checkpoint_lines, max_cert_size, max_chain_depth, max_connections, max_file_size, max_svid_lifetime, outbound, peer_expiry, resumption, rules, security_level, svid_min_remaining, trust_domains, upstream_connect_timeout, user, workers)"
             ])
     }
 
