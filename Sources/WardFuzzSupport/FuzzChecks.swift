@@ -80,7 +80,14 @@ public enum FuzzChecks {
         }
     }
 
+    /// The input as a bundle (PEM certificates) and as a revocation list file (PEM or DER CRLs).
     public static func pem(_ bytes: UnsafeBufferPointer<UInt8>) {
+        if let lists = try? RevocationList.parse(Data(bytes)) {
+            for list in lists {
+                precondition(!list.sha256Hex.isEmpty, "a parsed CRL encodes again")
+                _ = list.issuer
+            }
+        }
         guard let certificates = try? Certificate.parsePEM(Data(bytes)) else { return }
         for certificate in certificates {
             let leaf = certificate.svidLeaf

@@ -149,3 +149,33 @@ def load(cert_path, key_path):
     with open(key_path, "rb") as f:
         key = serialization.load_pem_private_key(f.read(), password=None)
     return Issued(cert, key, cert_path, key_path)
+
+
+def crl(issuer, serials=(), *, days=7):
+    """A CRL signed by `issuer` (an Issued CA) that lists `serials`, valid from 5 minutes ago."""
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer.cert.subject)
+        .last_update(NOW - datetime.timedelta(minutes=5))
+        .next_update(NOW + datetime.timedelta(days=days))
+        .add_extension(x509.CRLNumber(1), critical=False)
+    )
+    for serial in serials:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial)
+            .revocation_date(NOW - datetime.timedelta(minutes=5)).build())
+    return builder.sign(issuer.key, hashes.SHA256())
+
+
+def write_crls(path, crls, der=False):
+    """Writes `crls` to `path` atomically: PEM blocks one after another, or (der=True) one DER CRL."""
+    if der:
+        assert len(crls) == 1, "a DER file holds a single CRL"
+        data = crls[0].public_bytes(serialization.Encoding.DER)
+    else:
+        data = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in crls)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as out:
+        out.write(data)
+    os.replace(tmp, path)
+    return path
