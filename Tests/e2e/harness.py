@@ -194,3 +194,23 @@ def config(pki_dir, listeners, extra="", *, identity="ward", outbound=(), rules=
         lines.append("rules: rules.yaml")
     lines += ["log: connections.log", "workers: 2", "admin: admin.sock"]
     return "\n".join(lines) + "\n" + extra
+
+
+def run_ward(*args, timeout=30):
+    """One `ward` command (check, reload, explain, ...): its CompletedProcess, output as text."""
+    return subprocess.run([WARD, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def reload_ward(ward, expect_ok=True):
+    """`ward reload` against a running Ward; asserts it applied (or, with expect_ok=False, refused)."""
+    out = run_ward("reload", "--config", ward.config_path, timeout=60)
+    assert (out.returncode == 0) == expect_ok, out.stdout + out.stderr
+    return out
+
+
+def write_atomically(path, data):
+    """What editors do: write a new file (text or bytes), then rename it over the old one."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
+        f.write(data)
+    os.replace(tmp, path)

@@ -1,9 +1,14 @@
 """An independent PROXY protocol v2 parser, written from HAProxy's specification (not from Ward's
 encoder), and an upstream that uses it. Shared by test_proxy_protocol.py, test_outbound.py and the
 network-namespace upstream of test_multihost.py (netproxyecho.py)."""
+import os
 import socket
 import struct
+import subprocess
 import threading
+import time
+
+import harness
 
 SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 SPIFFE_TLV = 0xE0
@@ -89,3 +94,36 @@ class ProxyUpstream:
 
     def close(self):
         self.server.close()
+
+
+def start_haproxy(folder, listen, backend_port, send_proxy=False):
+    """HAProxy reading PROXY headers (`accept-proxy`) on `listen` in front of `backend_port` (with
+    `send_proxy`, passing one on as v2); returns the process once it listens."""
+    cfg = os.path.join(folder, "haproxy.cfg")
+    with open(cfg, "w") as f:
+        f.write(f"""global
+  nbthread 1
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 10s
+  timeout server 10s
+frontend from_ward
+  bind 127.0.0.1:{listen} accept-proxy
+  default_backend service
+backend service
+  server s1 127.0.0.1:{backend_port}{" send-proxy-v2" if send_proxy else ""}
+""")
+    haproxy = subprocess.Popen(["haproxy", "-f", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + harness.DEADLINE
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", listen), timeout=1).close()
+            return haproxy
+        except OSError:
+            if haproxy.poll() is not None:
+                raise AssertionError(f"haproxy exited: {haproxy.stderr.read()}")
+            if time.monotonic() > deadline:
+                haproxy.kill()
+                raise AssertionError("haproxy never listened")
+            time.sleep(0.05)

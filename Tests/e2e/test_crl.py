@@ -8,12 +8,12 @@ import hashlib
 import os
 import shutil
 import socket
-import subprocess
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
 import harness
+from harness import reload_ward as reload, run_ward, write_atomically
 import pki
 from clients import context, exchange
 from test_outbound import TLSServer, app_exchange, entry, ward_a
@@ -39,23 +39,6 @@ def crls_yaml(crls):
     if not crls:
         return ""
     return "crls:\n" + "".join(f"  {domain}: {path}\n" for domain, path in crls.items())
-
-
-def run_ward(*args, timeout=30):
-    return subprocess.run([harness.WARD, *args], capture_output=True, text=True, timeout=timeout)
-
-
-def reload(ward, expect_ok=True):
-    out = run_ward("reload", "--config", ward.config_path, timeout=60)
-    assert (out.returncode == 0) == expect_ok, out.stdout + out.stderr
-    return out
-
-
-def write_atomically(path, text):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def cert_sha256(issued):

@@ -4,16 +4,12 @@ import shutil
 import signal
 import socket
 import ssl
-import subprocess
 
 import harness
+from harness import run_ward
 import pki
 import pytest
 from clients import context, exchange
-
-
-def run_ward(*args, timeout=30):
-    return subprocess.run([harness.WARD, *args], capture_output=True, text=True, timeout=timeout)
 
 
 def make_ward(certs, tmp_path, upstream_port, extra="", rules=None):

@@ -11,7 +11,6 @@ import shutil
 import signal
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -21,9 +20,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 import harness
+from harness import reload_ward as reload, run_ward, write_atomically
 import pki
 from clients import context, exchange
-from proxyv2 import SPIFFE_TLV, ProxyUpstream
+from proxyv2 import SPIFFE_TLV, ProxyUpstream, start_haproxy
 
 WEB = "spiffe://example.org/ns/prod/sa/web"
 ORDERS = "spiffe://example.org/ns/prod/sa/orders"
@@ -115,10 +115,11 @@ class TLSServer:
     mode "echo-line": reply `echo: LINE` to the first line, then close (with close_notify).
     mode "hold": echo every chunk until EOF.
     `banner`: sent first, before reading (a server-speaks-first protocol such as SMTP).
+    `reply`: in mode "echo-line", sent instead of the echo (to tell servers apart).
     """
 
-    def __init__(self, cert, ca, mode="echo-line", banner=b""):
-        self.mode, self.banner = mode, banner
+    def __init__(self, cert, ca, mode="echo-line", banner=b"", host="127.0.0.1", port=0, reply=None):
+        self.mode, self.banner, self.reply = mode, banner, reply
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(cert.cert_path, cert.key_path)
         self.ctx.verify_mode = ssl.CERT_REQUIRED
@@ -128,7 +129,7 @@ class TLSServer:
         self.records = []
         self.changed = threading.Condition()
         self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind((host, port))
         self.sock.listen(64)
         self.port = self.sock.getsockname()[1]
         threading.Thread(target=self.serve, daemon=True).start()
@@ -163,7 +164,7 @@ class TLSServer:
                         break
                     record["data"] += chunk
                 if record["data"]:
-                    tls.sendall(b"echo: " + record["data"])
+                    tls.sendall(self.reply if self.reply is not None else b"echo: " + record["data"])
                 tls.settimeout(2)
                 tls.unwrap()  # close_notify, then the peer's
             else:
@@ -221,20 +222,6 @@ def ward_b(folder, pki_dir, upstream_port, extra="", proxy=False, identity="ward
     return ward, listen
 
 
-def reload(ward, expect_ok=True):
-    out = subprocess.run([harness.WARD, "reload", "--config", ward.config_path], capture_output=True, text=True,
-                         timeout=60)
-    assert (out.returncode == 0) == expect_ok, out.stdout + out.stderr
-    return out
-
-
-def write_atomically(path, data):
-    tmp = path + ".tmp"
-    with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def wait_count(ward, since, count, **fields):
     """At least `count` log records after `since` with `fields`; returns them all."""
     deadline = time.monotonic() + harness.DEADLINE
@@ -274,10 +261,6 @@ def scrape(ward):
 
 def sample(samples, name, **labels):
     return samples.get((name, frozenset(labels.items())))
-
-
-def run_ward(*args, timeout=30):
-    return subprocess.run([harness.WARD, *args], capture_output=True, text=True, timeout=timeout)
 
 
 def cert_sha256(issued):
@@ -439,37 +422,6 @@ def test_bulk_transfer_with_half_close_is_byte_exact(pair):
 
 
 # ---------------------------------------------------------------- 2. HAProxy behind Ward B
-
-
-def start_haproxy(folder, listen, backend_port, send_proxy):
-    cfg = os.path.join(folder, "haproxy.cfg")
-    with open(cfg, "w") as f:
-        f.write(f"""global
-  nbthread 1
-defaults
-  mode tcp
-  timeout connect 5s
-  timeout client 10s
-  timeout server 10s
-frontend from_ward
-  bind 127.0.0.1:{listen} accept-proxy
-  default_backend service
-backend service
-  server s1 127.0.0.1:{backend_port}{" send-proxy-v2" if send_proxy else ""}
-""")
-    haproxy = subprocess.Popen(["haproxy", "-f", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + harness.DEADLINE
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", listen), timeout=1).close()
-            return haproxy
-        except OSError:
-            if haproxy.poll() is not None:
-                raise AssertionError(f"haproxy exited: {haproxy.stderr.read()}")
-            if time.monotonic() > deadline:
-                haproxy.kill()
-                raise AssertionError("haproxy never listened")
-            time.sleep(0.05)
 
 
 def test_haproxy_accept_proxy_behind_ward_b_fed_through_ward_a(certs, tmp_path):

@@ -7,11 +7,10 @@ import socket
 import ssl
 import struct
 import subprocess
-import threading
 
 import harness
 from clients import context
-from proxyv2 import ProxyUpstream, parse_tlvs
+from proxyv2 import ProxyUpstream, parse_tlvs, start_haproxy
 
 WEB = "spiffe://example.org/ns/prod/sa/web"
 RULES = f"default: deny\nrules:\n  - name: web\n    action: allow\n    from: [{WEB}]\n    to: [svc]\n"
@@ -66,31 +65,8 @@ def test_haproxy_accept_proxy_takes_wards_header(certs, tmp_path):
     # back; without it HAProxy refuses the connection, so the first case proves it accepted Ward's.
     echo = harness.Upstream("echo-line")
     haproxy_port = harness.free_port()
-    cfg = os.path.join(str(tmp_path), "haproxy.cfg")
-    with open(cfg, "w") as f:
-        f.write(f"""global
-  nbthread 1
-defaults
-  mode tcp
-  timeout connect 5s
-  timeout client 10s
-  timeout server 10s
-frontend from_ward
-  bind 127.0.0.1:{haproxy_port} accept-proxy
-  default_backend service
-backend service
-  server s1 127.0.0.1:{echo.port}
-""")
-    haproxy = subprocess.Popen(["haproxy", "-f", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    haproxy = start_haproxy(str(tmp_path), haproxy_port, echo.port)
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", haproxy_port), timeout=1).close()
-                break
-            except OSError:
-                if haproxy.poll() is not None:
-                    raise AssertionError(f"haproxy exited: {haproxy.stderr.read()}")
-                threading.Event().wait(0.05)
         for proxy, expected in (("v2", b"echo: via haproxy\n"), (None, b"")):
             folder = os.path.join(str(tmp_path), f"ward-{proxy}")
             os.makedirs(folder)

@@ -12,6 +12,7 @@ import time
 import pytest
 
 import harness
+from harness import write_atomically
 from clients import context, exchange
 
 ALLOW_WEB = """default: deny
@@ -57,14 +58,6 @@ def reload(e, expect_ok=True):
                          timeout=60)
     assert (out.returncode == 0) == expect_ok, out.stdout + out.stderr
     return out
-
-
-def write_atomically(path, text):
-    """What editors do: write a new file, then rename it over the old one."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def open_stream(e, name="web"):

@@ -555,46 +555,14 @@ def rewrite_in_place(path, text):
         f.truncate()
 
 
-class TaggedServer:
-    """A TLS server (matching SVID) on `ip`:`port` that answers each connection's first chunk with `tag`."""
-
-    def __init__(self, cert, ca, ip, port, tag):
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.load_cert_chain(cert.cert_path, cert.key_path)
-        self.ctx.verify_mode = ssl.CERT_REQUIRED
-        self.ctx.load_verify_locations(ca)
-        self.tag = tag
-        self.sock = socket.socket()
-        self.sock.bind((ip, port))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    def serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            try:
-                conn.settimeout(10)
-                with self.ctx.wrap_socket(conn, server_side=True) as tls:
-                    tls.recv(100)
-                    tls.sendall(self.tag)
-            except (OSError, ssl.SSLError):
-                conn.close()
-
-    def close(self):
-        self.sock.close()
-
-
 def ward_behind_a_name(stack, certs, tmp_path, wrap, addresses):
     """Ward A (run through `wrap`) with one entry `dns` whose target is wardtarget:PORT, and a
-    TaggedServer on PORT at each of `addresses`, answering server-A, server-B, ... in turn."""
+    TLSServer on PORT at each of `addresses`, answering server-A, server-B, ... in turn."""
     servers = []
     for index, ip in enumerate(addresses):
         port = servers[0].port if servers else 0
-        servers.append(TaggedServer(certs["ward"], certs["example_ca"], ip, port, f"server-{'AB'[index]}\n".encode()))
+        servers.append(TLSServer(certs["ward"], certs["example_ca"], host=ip, port=port,
+                                 reply=f"server-{'AB'[index]}\n".encode()))
         stack.callback(servers[-1].close)
     out_entry = entry("dns", f"wardtarget:{servers[0].port}", [ORDERS])
     a = ward_a(str(tmp_path / "a"), certs["dir"], [out_entry])

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import harness
+from harness import run_ward, write_atomically
 import pki
 from clients import context, exchange
 
@@ -70,10 +71,6 @@ def running(certs, tmp_path, **options):
         upstream.close()
 
 
-def run_ward(*args, timeout=30):
-    return subprocess.run([harness.WARD, *args], capture_output=True, text=True, timeout=timeout)
-
-
 def run_bounded(args, seconds=5, rss_cap_mib=256):
     """Runs a command for at most `seconds` and `rss_cap_mib` of RSS; kills it past either.
     Returns (returncode or None if killed, stdout+stderr, why it was killed or None)."""
@@ -102,13 +99,6 @@ def run_bounded(args, seconds=5, rss_cap_mib=256):
 def rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         return int([line for line in f if line.startswith("VmRSS:")][0].split()[1])
-
-
-def write_atomically(path, text):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def open_stream(port, ctx):
