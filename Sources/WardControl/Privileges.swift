@@ -147,7 +147,6 @@ struct StartupError: Error, CustomStringConvertible {
 /// before `max_connections`. Ward takes the hard limit at start, as HAProxy does.
 package enum DescriptorLimit {
     /// Raises the soft limit to the hard one; returns the limit in force.
-    @discardableResult
     package static func raise() -> UInt64? {
         var limit = rlimit()
         let resource = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
@@ -162,9 +161,9 @@ package enum DescriptorLimit {
 
     /// Once everything is open (listening sockets, loops, log, admin): a warning when
     /// `max_connections` on every listener and outbound entry, two descriptors each, would not
-    /// fit in what the limit leaves.
-    package static func warning(for config: WardConfiguration) -> String? {
-        guard let limit = raise() else { return nil }
+    /// fit in what `limit` (from `raise`) leaves.
+    package static func warning(for config: WardConfiguration, limit: UInt64?) -> String? {
+        guard let limit else { return nil }
         let held = UInt64((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? 0)
         let endpoints = config.listeners.count + config.outbound.count
         let needed = UInt64(config.maxConnections) * UInt64(endpoints) * 2

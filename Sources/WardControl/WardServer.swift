@@ -43,7 +43,7 @@ public final class WardServer {
             reasonNames: ReasonCode.allCases.map(\.rawValue), workers: workerCount)
         // Listeners first, then outbound entries: a socket's index is its slot (`LoopState.slot`).
         let addresses = snapshot.listeners.map(\.listen) + snapshot.outbound.map(\.listen)
-        DescriptorLimit.raise()
+        let descriptorLimit = DescriptorLimit.raise()
         var sockets: [[Int32]] = []
         do {
             for address in addresses { try ListenerSocket.checkAvailable(address) }
@@ -94,7 +94,9 @@ public final class WardServer {
         }
 
         // Said once everything is open, so it counts what is held; a start that fails says only why.
-        if let warning = DescriptorLimit.warning(for: snapshot.config) { logger.warning("\(warning)") }
+        if let warning = DescriptorLimit.warning(for: snapshot.config, limit: descriptorLimit) {
+            logger.warning("\(warning)")
+        }
         let listening =
             (snapshot.listeners.map { "\($0.name)=\($0.listen)->\($0.upstream)" }
             + snapshot.outbound.map { "\($0.name)=\($0.listen)=>\($0.target)" }).joined(separator: " ")

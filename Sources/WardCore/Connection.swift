@@ -78,7 +78,6 @@ final class Connection: TLSHandshakeDelegate, SpliceDelegate {
     private var decision: Decision?
     private var tlsVersion: String?
     private var cipher: String?
-    private var resumed: Bool?
     private let acceptedAt: Int64
     private let acceptedAtMicroseconds = monotonicMicroseconds()
 
@@ -149,7 +148,6 @@ final class Connection: TLSHandshakeDelegate, SpliceDelegate {
         let verdict = admission.admitHandshake(stream, check: check, loop: loop, endpoint: endpoint, peerIP: peerIP)
         tlsVersion = stream.protocolVersion
         cipher = stream.cipher
-        resumed = stream.isResumed
         let decision: Decision
         switch verdict {
         case .admitted(let admitted):
@@ -169,7 +167,7 @@ final class Connection: TLSHandshakeDelegate, SpliceDelegate {
         if decision.isAllowed {
             metrics.connection(listener: slot, .allow)
             var line = record("allow")
-            line.add("resumed", resumed ?? false)
+            line.add("resumed", stream.isResumed)
             loop.log.append(line.finish())
         } else {
             metrics.connection(listener: slot, decision.enforced ? .deny : .auditDeny)

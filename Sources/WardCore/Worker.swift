@@ -55,9 +55,9 @@ package final class Worker: @unchecked Sendable {
         self.loop = LoopState(
             workerIndex: index, base: base, store: store, log: log.makeQueue(), metrics: metrics, load: load)
         let context = Unmanaged.passUnretained(self).toOpaque()
-        for (listenerIndex, fd) in sockets.enumerated() {
-            // The listener context packs the worker and the listener index; the worker outlives it.
-            let box = ListenerContext(worker: self, listenerIndex: listenerIndex)
+        for (slot, fd) in sockets.enumerated() {
+            // The listener context packs the worker and the socket's slot; the worker outlives it.
+            let box = ListenerContext(worker: self, slot: slot)
             listenerContexts.append(box)
             guard
                 let listener = evconnlistener_new(
@@ -230,11 +230,11 @@ package final class Worker: @unchecked Sendable {
     /// Accept failed (EMFILE, ENFILE, ENOMEM, ...): the pending connection stays queued, so a
     /// level-triggered listener would spin. Pause this listener and retry shortly.
     fileprivate func pauseAccepting(_ box: ListenerContext, error: Int32) {
-        guard box.listenerIndex < listeners.count else { return }
-        evconnlistener_disable(listeners[box.listenerIndex])
+        guard box.slot < listeners.count else { return }
+        evconnlistener_disable(listeners[box.slot])
         metrics.pausedListeners(1)
         writeDiagnostic(
-            "ward: worker \(index) listener \(loop.name(of: loop.endpoint(ofSlot: box.listenerIndex))): accept failed: "
+            "ward: worker \(index) listener \(loop.name(of: loop.endpoint(ofSlot: box.slot))): accept failed: "
                 + "\(CText.errno(error)); pausing accepts for 100ms\n")
         var pause = Self.acceptRetryDelay
         event_base_once(
@@ -243,8 +243,8 @@ package final class Worker: @unchecked Sendable {
 
     fileprivate func resumeAccepting(_ box: ListenerContext) {
         // After shutdown the listeners are gone; nothing to resume.
-        guard box.listenerIndex < listeners.count else { return }
-        evconnlistener_enable(listeners[box.listenerIndex])
+        guard box.slot < listeners.count else { return }
+        evconnlistener_enable(listeners[box.slot])
         metrics.pausedListeners(-1)
     }
 
@@ -278,10 +278,11 @@ package final class Worker: @unchecked Sendable {
 
 package final class ListenerContext {
     unowned let worker: Worker
-    let listenerIndex: Int
-    package init(worker: Worker, listenerIndex: Int) {
+    /// The listening socket's place: listeners first, then outbound entries (`LoopState.slot`).
+    let slot: Int
+    package init(worker: Worker, slot: Int) {
         self.worker = worker
-        self.listenerIndex = listenerIndex
+        self.slot = slot
     }
 }
 
@@ -296,7 +297,7 @@ private let acceptCallback:
         -> Void = { _, fd, address, length, context in
             guard let context, let address else { return }
             let box = Unmanaged<ListenerContext>.fromOpaque(context).takeUnretainedValue()
-            box.worker.accept(fd: fd, address: address, length: length, slot: box.listenerIndex)
+            box.worker.accept(fd: fd, address: address, length: length, slot: box.slot)
         }
 
 private let acceptErrorCallback: @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?) -> Void = {

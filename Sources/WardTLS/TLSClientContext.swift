@@ -45,9 +45,6 @@ public final class TLSClientContext: TLSContext {
             SSL_SESSION_free(session)
         }
     }
-
-    /// Sessions kept for `entry`, for tests and `/connections`-style introspection.
-    public func keptSessions(entry: Int) -> Int { pools.indices.contains(entry) ? pools[entry].count : 0 }
 }
 
 /// Tickets one outbound entry's server issued, newest last. A TLS 1.3 ticket is used once (a
@@ -56,8 +53,6 @@ public final class TLSClientContext: TLSContext {
 final class ClientSessionPool {
     static let capacity = 64
     private var sessions: [OpaquePointer] = []
-
-    var count: Int { sessions.count }
 
     /// Keeps `session`, taking over the caller's reference.
     func put(_ session: OpaquePointer) {
