@@ -12,10 +12,20 @@ WARD = os.environ.get("WARD_BIN", os.path.join(REPO, ".build", "debug", "ward"))
 DEADLINE = float(os.environ.get("WARD_TEST_DEADLINE", "15"))
 
 
+_handed_out = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing listens on now, and never one this process handed out before:
+    a test often takes several before binding any, and two equal ones would be two sockets on
+    one address, which Ward refuses."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 class Upstream:
